@@ -1,0 +1,137 @@
+"""Score models/base and models/finetuned on exactly the same tokens of data/tokenized/test:
+loss, perplexity and the relative improvement; in pairs mode also BLEU and ROUGE-L of greedy
+answers to the test prompts. Sample generations for `evaluate.prompts`. Writes metrics/eval.json
+and metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
+`train.device`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from stages.io import load_model, load_tokenizer, pick_device, read_parquet, stage_main, write_json
+from stages.params import PATHS, EvaluateParams, Params, Paths
+from stages.tokenize import render_prompts
+from stages.train import collator
+
+
+def perplexity(loss: float) -> float | None:
+    """exp(loss), or None where it overflows (JSON has no infinity)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return None
+
+
+def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, device: str,
+                    label: str) -> tuple[float, int]:
+    """Cross-entropy averaged over every labelled token (not over batches), without gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    collate = collator(tokenizer)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(dataset), batch_size), desc=f"perplexity ({label})",
+                          unit="batch"):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                     labels.reshape(-1), ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    return total / max(count, 1), count
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, device: str,
+             label: str) -> list[str]:
+    """Greedy continuations of each prompt with fixed decoding settings, batched, left-padded."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    for start in tqdm(range(0, len(prompts), p.batch_size), desc=f"generate ({label})",
+                      unit="batch"):
+        batch = tokenizer(prompts[start: start + p.batch_size], return_tensors="pt",
+                          padding=True, add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            ids = model.generate(**batch, do_sample=False, max_new_tokens=p.max_new_tokens,
+                                 repetition_penalty=p.repetition_penalty,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = ids[:, batch["input_ids"].shape[1]:]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+def answer_scores(answers: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu) and mean ROUGE-L F1 (rouge-score) of answers against references."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, ans)["rougeL"].fmeasure for ans, ref in zip(answers, references)]
+    return {"bleu": round(sacrebleu.corpus_bleu(answers, [references]).score, 4),
+            "rougeL": round(sum(rouge) / max(len(rouge), 1), 6)}
+
+
+def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
+                pairs: Any) -> tuple[dict[str, Any], list[str]]:
+    """Loss/perplexity (and pairs scores) of one model, plus its sample generations."""
+    from transformers import set_seed
+
+    set_seed(params.seed)
+    path = paths.base_model if name == "base" else paths.finetuned
+    model, tokenizer = load_model(path, device), load_tokenizer(path)
+    p = params.evaluate
+    loss, tokens = mean_token_loss(model, test, tokenizer, p.batch_size, device, name)
+    scores: dict[str, Any] = {"loss": round(loss, 6), "perplexity": perplexity(loss),
+                              "tokens": tokens}
+    prompts = p.prompts
+    if params.mode == "pairs":
+        prompts = render_prompts(prompts, tokenizer, params.tokenize)
+        if pairs is not None and len(pairs):
+            rendered = render_prompts(pairs["prompt"].tolist(), tokenizer, params.tokenize)
+            answers = generate(model, tokenizer, rendered, p, device, f"{name} answers")
+            scores |= answer_scores(answers, pairs["response"].tolist())
+    samples = generate(model, tokenizer, prompts, p, device, name) if prompts else []
+    return scores, samples
+
+
+def relative_improvement(base: float | None, finetuned: float | None) -> float | None:
+    if base is None or finetuned is None or base == 0:
+        return None
+    return round((base - finetuned) / base, 6)
+
+
+def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
+    import datasets
+
+    device = pick_device(params.train.device)
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    pairs = None
+    if params.mode == "pairs" and params.evaluate.max_generation_examples:
+        pairs = read_parquet(paths.split_file("test")).head(params.evaluate.max_generation_examples)
+    base, base_samples = score_model("base", params, paths, device, test, pairs)
+    tuned, tuned_samples = score_model("finetuned", params, paths, device, test, pairs)
+    write_json([{"prompt": q, "base": b, "finetuned": f}
+                for q, b, f in zip(params.evaluate.prompts, base_samples, tuned_samples)],
+               paths.metrics / "samples.json")
+    tokens = base.pop("tokens")
+    assert tokens == tuned.pop("tokens"), "both models must be scored on the same tokens"
+    return {"base": base, "finetuned": tuned,
+            "perplexity_improvement": relative_improvement(base["perplexity"],
+                                                           tuned["perplexity"]),
+            "test_tokens": tokens}
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("evaluate", run, argv, metrics_name="eval")
+
+
+if __name__ == "__main__":
+    main()

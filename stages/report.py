@@ -1,0 +1,177 @@
+"""Write reports/report.md and reports/report.html (with reports/loss.png) from the metrics of
+every stage, the DVCLive loss curves and the sample generations. Params: `report`."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stages.io import atomic_output, read_json, stage_main
+from stages.params import PATHS, Params, Paths, UserError
+
+Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", rows) | ("img", path) | ("pre", text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "none"
+    return "n/a" if value is None else str(value)
+
+
+def loss_curves(log_dir: Path) -> dict[str, pd.DataFrame]:
+    """The DVCLive histories of train and eval loss (step, value)."""
+    curves = {}
+    for name in ("train/loss", "eval/loss"):
+        tsv = log_dir / "plots" / "metrics" / f"{name}.tsv"
+        if tsv.exists():
+            curves[name] = pd.read_csv(tsv, sep="\t")
+    return curves
+
+
+def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, df in curves.items():
+        ax.plot(df["step"], df[df.columns[-1]], marker="o", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def model_table(ev: dict[str, Any]) -> list[list[str]]:
+    rows = [["model", "test loss", "test perplexity"]]
+    extra = [k for k in ("bleu", "rougeL") if k in ev["base"]]
+    rows[0] += extra
+    for name in ("base", "finetuned"):
+        m = ev[name]
+        rows.append([name, _fmt(m["loss"]), _fmt(m["perplexity"]), *(_fmt(m[k]) for k in extra)])
+    return rows
+
+
+def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]],
+           plot: str | None) -> list[Block]:
+    """The report's content, independent of the output format."""
+    ev, tr = metrics["eval"], metrics["train"]
+    improvement = ev.get("perplexity_improvement")
+    out: list[Block] = [("h1", params.report.title), ("p", (
+        f"Base model `{params.model.source}` fine-tuned in {params.mode} mode on "
+        f"{tr['device']} ({tr['precision']}). Test perplexity "
+        f"{_fmt(ev['base']['perplexity'])} → {_fmt(ev['finetuned']['perplexity'])}"
+        + (f" ({improvement:+.1%} better)." if improvement is not None else ".")))]
+    out += [("h2", "Base vs fine-tuned (test split)"), ("table", model_table(ev)),
+            ("p", f"Both models scored on the same {ev['test_tokens']:,} test tokens.")]
+    out += [("h2", "Training"), ("table", [["", "value"], *[[k, _fmt(v)] for k, v in tr.items()]])]
+    if plot:
+        out.append(("img", plot))
+    out.append(("h2", "Data"))
+    for stage in ("ingest", "clean", "split", "tokenize", "base_model"):
+        if stage in metrics:
+            out += [("h3", stage), ("table", [["", "value"], *[[k, _fmt(v)]
+                                                               for k, v in metrics[stage].items()]])]
+    if samples:
+        out.append(("h2", "Sample generations (greedy)"))
+        for s in samples:
+            out += [("h3", s["prompt"]), ("p", "**Base:**"), ("pre", s["base"]),
+                    ("p", "**Fine-tuned:**"), ("pre", s["finetuned"])]
+    return out
+
+
+def to_markdown(content: list[Block]) -> str:
+    lines: list[str] = []
+    for kind, value in content:
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + value, ""]
+        elif kind == "p":
+            lines += [value, ""]
+        elif kind == "pre":
+            lines += ["> " + line for line in (value or "(empty)").splitlines()] + [""]
+        elif kind == "img":
+            lines += [f"![loss curves]({value})", ""]
+        elif kind == "table":
+            cells = [[c.replace("|", "\\|") for c in row] for row in value]
+            lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+            lines += ["| " + " | ".join(row) + " |" for row in cells[1:]] + [""]
+    return "\n".join(lines)
+
+
+def to_html(content: list[Block], images: Path) -> str:
+    """A self-contained page: the plot is embedded as a data URI."""
+    parts = []
+    for kind, value in content:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
+        elif kind == "p":
+            text = html.escape(value).replace("**", "")
+            parts.append(f"<p>{text}</p>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(value or '(empty)')}</pre>")
+        elif kind == "img":
+            data = base64.b64encode((images / value).read_bytes()).decode()
+            parts.append(f'<img alt="loss curves" src="data:image/png;base64,{data}">')
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in value[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                           for row in value[1:])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+             "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;"
+             "padding:.25rem .6rem;text-align:left}pre{white-space:pre-wrap;background:#f6f6f6;"
+             "padding:.6rem}img{max-width:100%}")
+    title = html.escape(next(v for k, v in content if k == "h1"))
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}"
+            f"</title><style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def read_metrics(paths: Paths) -> dict[str, Any]:
+    metrics = {}
+    for name in ("ingest", "clean", "split", "tokenize", "base_model", "train", "eval"):
+        path = paths.metrics / f"{name}.json"
+        if path.exists():
+            metrics[name] = read_json(path)
+    for needed in ("train", "eval"):
+        if needed not in metrics:
+            raise UserError(f"{paths.metrics / (needed + '.json')}: missing; run the pipeline first")
+    return metrics
+
+
+def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
+    metrics = read_metrics(paths)
+    samples_path = paths.metrics / "samples.json"
+    samples = read_json(samples_path) if samples_path.exists() else []
+    curves = loss_curves(paths.train_log)
+    plot = None
+    if curves:
+        plot_losses(curves, paths.reports / "loss.png")
+        plot = "loss.png"
+    content = blocks(params, metrics, samples, plot)
+    with atomic_output(paths.reports / "report.md") as tmp:
+        tmp.write_text(to_markdown(content), encoding="utf-8")
+    with atomic_output(paths.reports / "report.html") as tmp:
+        tmp.write_text(to_html(content, paths.reports), encoding="utf-8")
+    return {"report": str(paths.reports / "report.html"), "plots": len(curves)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("report", run, argv, write_metrics=False)
+
+
+if __name__ == "__main__":
+    main()
