@@ -71,7 +71,7 @@ def training_args(p: TrainParams, seed: int, device: str, precision: str, out: P
         per_device_train_batch_size=p.batch_size, per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation_steps,
         warmup_steps=float(p.warmup_ratio), weight_decay=p.weight_decay,
-        lr_scheduler_type=p.lr_scheduler, gradient_checkpointing=p.gradient_checkpointing,
+        lr_scheduler_type=p.lr_scheduler, activation_checkpointing=p.gradient_checkpointing,
         eval_strategy="steps", eval_steps=p.eval_steps, logging_steps=p.logging_steps,
         save_strategy="steps" if early else "no", save_steps=p.eval_steps,
         save_total_limit=1 if early else None, load_best_model_at_end=early,
