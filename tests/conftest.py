@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny corpora, params with a scratch model, and a tiny pipeline run once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stages.params import PATHS, Params, Paths
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
+
+# Two short "books" with enough paragraphs to be cut into several passages each.
+BOOK_A = "# The Mill\n\n" + "\n\n".join(
+    f"The miller counted sacks on day {i}. The wheel turned slowly in the brown water, "
+    f"and the grain came down in a pale stream number {i}." for i in range(40))
+BOOK_B = "\n\n".join(
+    f"Rain fell on the harbour for the {i}th morning. Boats knocked together and the gulls "
+    f"argued over rope {i} and a crate of herring." for i in range(40))
+
+
+def tiny_params(**sections: dict[str, Any]) -> Params:
+    """Default params with a tiny scratch model and a small training run; `sections` overrides
+    keys, e.g. tiny_params(train={"max_steps": 2})."""
+    raw: dict[str, Any] = {
+        "model": {"source": "scratch",
+                  "scratch": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400,
+                              "n_positions": 128}},
+        "tokenize": {"block_size": 32},
+        "train": {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "logging_steps": 1,
+                  "device": "cpu", "learning_rate": 1.0e-3},
+        "evaluate": {"max_new_tokens": 5, "prompts": ["The miller"],
+                     "max_generation_examples": 4},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            raw[name] = {**raw.get(name, {}), **values}
+        else:
+            raw[name] = values
+    return Params.model_validate(raw)
+
+
+@pytest.fixture
+def books(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "mill.md").write_text(BOOK_A, encoding="utf-8")
+    (raw / "harbour.txt").write_text(BOOK_B, encoding="utf-8")
+    return raw
+
+
+@pytest.fixture
+def pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "raw" / "qa.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    rows = [{"input": f"How many sacks on day {i}?", "output": f"There were {i} sacks."}
+            for i in range(30)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def run_data_stages(params: Params, paths: Paths) -> None:
+    from stages import base_model, clean, ingest, split, tokenize
+
+    for stage in (ingest, clean, split, base_model, tokenize):
+        stage.run(params, paths)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
+    """The tiny text-mode pipeline up to and including train, run once for the session."""
+    from stages import train
+
+    root = tmp_path_factory.mktemp("pipeline")
+    (root / "raw").mkdir()
+    (root / "raw" / "mill.md").write_text(BOOK_A, encoding="utf-8")
+    (root / "raw" / "harbour.txt").write_text(BOOK_B, encoding="utf-8")
+    params = tiny_params(ingest={"paths": [str(root / "raw")]}, clean={"max_chars": 400})
+    paths = PATHS.under(root)
+    run_data_stages(params, paths)
+    train.run(params, paths)
+    return params, paths

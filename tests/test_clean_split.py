@@ -1,0 +1,116 @@
+"""clean and split: normalisation, passages, duplicates, and a deterministic stratified split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stages import clean, ingest, split
+from stages.params import PATHS, CleanParams, SplitParams, UserError
+from tests.conftest import tiny_params
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("e\u0301t\u00e9", "\u00e9t\u00e9"),                       # NFC
+    ("<p>Fish &amp; chips</p>", "Fish & chips"),                # tags and entities
+    ("a\x00b\x07c\u200bd", "abcd"),                             # control characters
+    ("one   two\t three  \n  four", "one two three\nfour"),     # spaces, line ends
+    ("para one\r\n\r\n\r\n\n para two", "para one\n\npara two"),  # paragraph breaks kept
+    ("x < y and y > z", "x < y and y > z"),                     # not a tag
+])
+def test_normalize(raw: str, expected: str) -> None:
+    assert clean.normalize(raw) == expected
+
+
+def test_strip_gutenberg() -> None:
+    text = ("The Project Gutenberg eBook of X\nlicence\n*** START OF THE PROJECT GUTENBERG EBOOK X ***"
+            "\nBody.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nmore licence")
+    assert clean.strip_gutenberg(text).strip() == "Body."
+    assert clean.strip_gutenberg("no markers") == "no markers"
+
+
+def test_passages_break_on_paragraphs_and_respect_max_chars() -> None:
+    paras = [f"Paragraph {i} " + "word " * 10 for i in range(10)]
+    out = clean.passages("\n\n".join(p.strip() for p in paras), 200)
+    assert all(len(p) <= 200 for p in out)
+    assert "\n\n".join(out).split("\n\n") == [p.strip() for p in paras]  # nothing lost, no split mid-paragraph
+
+
+def test_long_paragraph_is_cut_on_sentences_then_spaces() -> None:
+    sentence = "This is a sentence of words. "
+    out = clean.passages(sentence * 20 + "x" * 250, 100)
+    assert all(len(p) <= 100 for p in out)
+    assert "".join(out).replace(" ", "") == (sentence * 20 + "x" * 250).replace(" ", "")
+
+
+def frame(texts: list[str], doc: str = "d") -> pd.DataFrame:
+    return pd.DataFrame({"doc_id": [f"{doc}{i}" for i in range(len(texts))], "source": "s",
+                         "title": "t", "text": texts})
+
+
+def test_clean_drops_duplicates_and_short_passages_with_counts() -> None:
+    df = frame(["A long enough passage.", "A long enough  passage.", "short", "  "])
+    out, dropped = clean.clean_text_rows(df, CleanParams(min_chars=10))
+    assert out["text"].tolist() == ["A long enough passage."]
+    assert dropped == {"duplicate": 1, "too_short": 1, "empty": 1}
+
+
+def test_clean_run_when_everything_is_dropped(tmp_path: Path) -> None:
+    paths = PATHS.under(tmp_path)
+    paths.ingested.parent.mkdir(parents=True)
+    frame(["tiny", "tiny"]).to_parquet(paths.ingested)
+    with pytest.raises(UserError, match=r"every record was dropped \(\{'too_short': 2\}\)"):
+        clean.run(tiny_params(clean={"min_chars": 50}), paths)
+    assert not paths.clean.exists()
+
+
+def test_clean_pairs_filters_and_dedupes() -> None:
+    df = pd.DataFrame({"doc_id": ["a", "b", "c"], "source": "s",
+                       "prompt": ["Q one?", "Q one?", "Q"], "response": ["Answer.", "Answer.", "x" * 50]})
+    out, dropped = clean.clean_pair_rows(df, CleanParams(min_chars=5, max_chars=100))
+    assert out["prompt"].tolist() == ["Q one?", "Q"] and dropped == {"duplicate": 1}
+
+
+@pytest.mark.parametrize(("n", "expected"), [
+    (1, [1, 0, 0]), (2, [2, 0, 0]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [20, 3, 2]), (100, [80, 10, 10]),
+])
+def test_allocate(n: int, expected: list[int]) -> None:
+    assert split.allocate(n, (0.8, 0.1, 0.1)) == expected
+
+
+def test_assign_is_deterministic_stratified_and_keeps_duplicates_together() -> None:
+    groups = pd.Series(["a"] * 20 + ["b"] * 10 + ["c", "d"])
+    keys = pd.Series([f"t{i}" for i in range(31)] + ["t0"])  # row 31 repeats row 0's text
+    p = SplitParams()
+    first, again = split.assign(groups, keys, p, 7), split.assign(groups, keys, p, 7)
+    assert first.tolist() == again.tolist()
+    assert first.tolist() != split.assign(groups, keys, p, 8).tolist()
+    for doc in ("a", "b"):
+        assert set(first[groups == doc]) == {"train", "val", "test"}
+    assert first[31] == first[0]
+    # a: 16/2/2, b: 8/1/1, the pooled short docs c, d: 2/0/0 (d is row 31, which follows row 0)
+    assert first[:31].value_counts().to_dict() == {"train": 25, "val": 3, "test": 3}
+
+
+def test_split_run_writes_three_disjoint_files(tmp_path: Path, books: Path) -> None:
+    params = tiny_params(ingest={"paths": [str(books)]}, clean={"max_chars": 400})
+    paths = PATHS.under(tmp_path)
+    ingest.run(params, paths)
+    clean.run(params, paths)
+    summary = split.run(params, paths)
+    parts = {name: pd.read_parquet(paths.split_file(name)) for name in ("train", "val", "test")}
+    texts = [set(df["text"]) for df in parts.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert all(summary[name]["documents"] == 2 for name in parts)  # both books in every split
+    total = sum(len(df) for df in parts.values())
+    assert abs(len(parts["train"]) / total - 0.8) < 0.06
+
+
+def test_split_with_too_few_records(tmp_path: Path) -> None:
+    paths = PATHS.under(tmp_path)
+    paths.clean.parent.mkdir(parents=True)
+    frame(["only one passage here"]).assign(passage_id="p").to_parquet(paths.clean)
+    with pytest.raises(UserError, match="too few for train/val/test"):
+        split.run(tiny_params(), paths)

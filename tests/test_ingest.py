@@ -1,0 +1,164 @@
+"""ingest: finding files, every format, both modes, and bad input reported by file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stages import ingest
+from stages.params import IngestParams, PATHS, UserError
+from tests.conftest import SHARED_CORPORA, tiny_params
+
+P = IngestParams()
+SKIP = IngestParams(on_error="skip")
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_discover_sorts_files_from_dirs_and_globs_and_skips_unsupported(tmp_path: Path) -> None:
+    write(tmp_path / "b" / "z.txt", "z")
+    write(tmp_path / "b" / "a.md", "a")
+    write(tmp_path / "b" / "image.png", b"\x89PNG")
+    write(tmp_path / "c.jsonl", "{}")
+    found = ingest.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"), str(tmp_path / "b")])
+    assert [p.name for p in found] == ["a.md", "z.txt", "c.jsonl"]
+
+
+def test_discover_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing: no such file or directory"):
+        ingest.discover([str(tmp_path / "missing")])
+    write(tmp_path / "only.png", b"x")
+    with pytest.raises(UserError, match="matched no supported file"):
+        ingest.discover([str(tmp_path)])
+    with pytest.raises(UserError, match="only.png: unsupported file type"):
+        ingest.discover([str(tmp_path / "only.png")])
+
+
+def test_text_document_title_from_heading_else_file_name() -> None:
+    assert ingest.text_document(Path("x/book.md"), "intro\n\n## Chapter One ##\ntext")["title"] \
+        == "Chapter One"
+    assert ingest.text_document(Path("x/plain-book.txt"), "no heading here")["title"] \
+        == "plain-book"
+
+
+def test_html_keeps_visible_text_only() -> None:
+    title, text = ingest.html_text(
+        "<html><head><title>My  Page</title><style>p{color:red}</style></head>"
+        "<body><script>var x = 1;</script><h1>Hello</h1><p>One &amp; two</p></body></html>")
+    assert title == "My Page"
+    assert "var x" not in text and "color" not in text
+    assert text.split() == ["Hello", "One", "&", "two"]
+
+
+def run_ingest(files: list[Path], mode: str = "text", p: IngestParams = P) -> tuple[pd.DataFrame, dict]:
+    return ingest.ingest(files, mode, p)
+
+
+def test_every_record_format_in_text_mode(tmp_path: Path) -> None:
+    files = [
+        write(tmp_path / "a.json", json.dumps([{"text": "json one", "title": "J"}, "json two"])),
+        write(tmp_path / "b.jsonl", '{"text": "line one"}\n\n{"text": "line two"}\n'),
+        write(tmp_path / "c.csv", 'title,text\nC1,"csv, with comma"\n'),
+    ]
+    pd.DataFrame({"text": ["parquet text"]}).to_parquet(tmp_path / "d.parquet")
+    files.append(tmp_path / "d.parquet")
+    files.append(write(tmp_path / "e.html", "<p>html text</p>"))
+    df, summary = run_ingest(files)
+    assert df["text"].str.strip().tolist() == ["json one", "json two", "line one", "line two",
+                                               "csv, with comma", "parquet text", "html text"]
+    assert df["title"].tolist()[:3] == ["J", "a record 2", "b line 1"]
+    assert summary["files"] == 5 and summary["records"] == 7 and summary["skipped"] == 0
+    assert df["doc_id"].is_unique
+
+
+def test_doc_id_is_stable_and_depends_on_source_and_position() -> None:
+    assert ingest.doc_id("a.txt", "") == ingest.doc_id("a.txt", "")
+    assert len({ingest.doc_id("a.txt", ""), ingest.doc_id("b.txt", ""),
+                ingest.doc_id("a.txt", "line 2")}) == 3
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    ({"input": "Q?", "output": "A."}, ("Q?", "A.")),
+    ({"prompt": "Q?", "response": "A."}, ("Q?", "A.")),
+    ({"instruction": "Translate", "input": "chat", "output": "cat"}, ("Translate\n\nchat", "cat")),
+    ({"instruction": "Say hi", "input": "", "output": "hi"}, ("Say hi", "hi")),
+])
+def test_pair_fields_are_detected(record: dict, expected: tuple[str, str]) -> None:
+    row = ingest.pair_row(record, P)
+    assert (row["prompt"], row["response"]) == expected
+
+
+def test_configured_pair_fields(tmp_path: Path) -> None:
+    path = write(tmp_path / "chat.csv", "customer,agent\nWhere is my order?,On its way.\n")
+    df, _ = run_ingest([path], "pairs", IngestParams(prompt_field="customer",
+                                                     response_field="agent"))
+    assert df[["prompt", "response"]].values.tolist() == [["Where is my order?", "On its way."]]
+
+
+@pytest.mark.parametrize(("name", "content", "message", "reason"), [
+    ("bad.jsonl", '{"text": "ok"}\n{"text": broken}\n', "bad.jsonl:line 2: invalid JSON",
+     "invalid_json"),
+    ("bad.json", '{"text": "not a list"}', "bad.json: the top level must be a list", "not_a_list"),
+    ("bad.json", '[{"text": "a"},\n  {"text": }]', "bad.json:line 2: invalid JSON", "invalid_json"),
+    ("nocol.csv", "body\nhello\n", "nocol.csv:row 1: no 'text' field", "missing_field"),
+    ("empty.txt", "", "empty.txt: the file is empty", "empty_file"),
+    ("null.jsonl", '{"text": null}\n', "null.jsonl:line 1: 'text' is empty", "empty_text"),
+    ("latin.txt", "caf\xe9".encode("latin-1"), "latin.txt:line 1: invalid UTF-8 at byte 3",
+     "decode_error"),
+    ("binary.txt", b"\x00\x01\x02binary", "binary.txt: looks like a binary file", "binary_file"),
+])
+def test_bad_input_fails_with_file_and_position_or_is_skipped_and_counted(
+        tmp_path: Path, name: str, content: str | bytes, message: str, reason: str) -> None:
+    good = write(tmp_path / "good.txt", "fine text")
+    bad = write(tmp_path / name, content)
+    with pytest.raises(UserError) as err:
+        run_ingest([good, bad])
+    assert str(err.value).startswith(f"{bad.as_posix()}".replace(name, "") + message)
+    df, summary = run_ingest([good, bad], p=SKIP)
+    assert summary["skipped_by_reason"].get(reason, 0) >= 1
+    assert "fine text" in df["text"].tolist()
+
+
+def test_pairs_record_without_answer(tmp_path: Path) -> None:
+    path = write(tmp_path / "qa.jsonl", '{"input": "Q1", "output": "A1"}\n{"input": "Q2"}\n')
+    with pytest.raises(UserError, match=r"qa.jsonl:line 2: 'output' \(the answer\) is missing"):
+        run_ingest([path], "pairs")
+    df, summary = run_ingest([path], "pairs", SKIP)
+    assert len(df) == 1 and summary["skipped_by_reason"] == {"missing_answer": 1}
+
+
+def test_bom_is_tolerated_and_fallback_encoding_is_used(tmp_path: Path) -> None:
+    bom = write(tmp_path / "bom.txt", "Hello".encode("utf-8-sig"))
+    latin = write(tmp_path / "latin.txt", "café".encode("latin-1"))
+    df, _ = run_ingest([bom, latin], p=IngestParams(encoding_fallback="latin-1"))
+    assert df["text"].tolist() == ["Hello", "café"]
+
+
+def test_run_writes_parquet_and_summary(tmp_path: Path, books: Path) -> None:
+    paths = PATHS.under(tmp_path)
+    summary = ingest.run(tiny_params(ingest={"paths": [str(books)]}), paths)
+    df = pd.read_parquet(paths.ingested)
+    assert list(df.columns) == ["doc_id", "source", "title", "text"]
+    assert df["title"].tolist() == ["harbour", "The Mill"]
+    assert summary["records"] == 2 and summary["bytes"] > 0
+
+
+def test_shared_corpus_with_one_non_utf8_file() -> None:
+    corpus = SHARED_CORPORA / "inaugural"
+    if not corpus.is_dir():
+        pytest.skip("../shared/corpora is not present (CI-only corpus)")
+    files = ingest.discover([str(corpus)])
+    with pytest.raises(UserError, match="invalid UTF-8"):
+        ingest.ingest(files, "text", P)
+    df, summary = ingest.ingest(files, "text", IngestParams(encoding_fallback="latin-1"))
+    assert summary["skipped"] == 0 and len(df) == len(files)
