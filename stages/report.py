@@ -75,7 +75,7 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
         f"Base model `{params.model.source}` fine-tuned in {params.mode} mode on "
         f"{tr['device']} ({tr['precision']}). Test perplexity "
         f"{_fmt(ev['base']['perplexity'])} → {_fmt(ev['finetuned']['perplexity'])}"
-        + (f" ({improvement:+.1%} better)." if improvement is not None else ".")))]
+        + (f" ({improvement:.1%} lower)." if improvement is not None else ".")))]
     out += [("h2", "Base vs fine-tuned (test split)"), ("table", model_table(ev)),
             ("p", f"Both models scored on the same {ev['test_tokens']:,} test tokens.")]
     out += [("h2", "Training"), ("table", [["", "value"], *[[k, _fmt(v)] for k, v in tr.items()]])]

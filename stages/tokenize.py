@@ -88,7 +88,7 @@ def text_split(df: pd.DataFrame, tokenizer: Any, block_size: int) -> tuple[Any, 
     blocks, remainder = pack(encode(tokenizer, df["text"].tolist()), tokenizer.eos_token_id,
                              block_size)
     ids = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), pa.int32()), block_size)
-    stats = {"tokens": int(blocks.size + remainder), "examples": len(blocks),
+    stats = {"tokens": int(blocks.size + remainder), "blocks": len(blocks),
              "remainder_tokens": remainder}
     return to_dataset({"input_ids": ids, "labels": ids}), stats
 

@@ -72,7 +72,8 @@ def training_args(p: TrainParams, seed: int, device: str, precision: str, out: P
         gradient_accumulation_steps=p.gradient_accumulation_steps,
         warmup_steps=float(p.warmup_ratio), weight_decay=p.weight_decay,
         lr_scheduler_type=p.lr_scheduler, activation_checkpointing=p.gradient_checkpointing,
-        eval_strategy="steps", eval_steps=p.eval_steps, logging_steps=p.logging_steps,
+        eval_strategy="steps", eval_steps=p.eval_steps, eval_on_start=True,  # curve starts at base
+        logging_steps=p.logging_steps,
         save_strategy="steps" if early else "no", save_steps=p.eval_steps,
         save_total_limit=1 if early else None, load_best_model_at_end=early,
         metric_for_best_model="eval_loss", greater_is_better=False,
