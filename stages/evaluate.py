@@ -11,7 +11,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from stages.io import load_model, load_tokenizer, pick_device, read_parquet, stage_main, write_json
+from stages.io import (
+    load_model,
+    load_tokenizer,
+    pick_device,
+    read_parquet,
+    stage_main,
+    write_json,
+)
 from stages.params import PATHS, EvaluateParams, Params, Paths
 from stages.tokenize import render_prompts
 from stages.train import collator
@@ -74,7 +81,8 @@ def answer_scores(answers: list[str], references: list[str]) -> dict[str, float]
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(ref, ans)["rougeL"].fmeasure for ans, ref in zip(answers, references)]
+    rouge = [scorer.score(ref, ans)["rougeL"].fmeasure
+             for ans, ref in zip(answers, references, strict=True)]
     return {"bleu": round(sacrebleu.corpus_bleu(answers, [references]).score, 4),
             "rougeL": round(sum(rouge) / max(len(rouge), 1), 6)}
 
@@ -119,7 +127,8 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     base, base_samples = score_model("base", params, paths, device, test, pairs)
     tuned, tuned_samples = score_model("finetuned", params, paths, device, test, pairs)
     write_json([{"prompt": q, "base": b, "finetuned": f}
-                for q, b, f in zip(params.evaluate.prompts, base_samples, tuned_samples)],
+                for q, b, f in zip(params.evaluate.prompts, base_samples, tuned_samples,
+                                   strict=True)],
                paths.metrics / "samples.json")
     tokens = base.pop("tokens")
     assert tokens == tuned.pop("tokens"), "both models must be scored on the same tokens"

@@ -116,10 +116,17 @@ def load_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(_local_model_dir(path), trust_remote_code=False)
 
 
+def _scalars(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            yield from _scalars(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
 def _summary_line(name: str, summary: dict[str, Any], seconds: float) -> str:
-    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-    return f"{name}: " + ", ".join(shown[:8]) + f" ({seconds:.1f} s)"
+    shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in _scalars(summary)]
+    return f"{name}: " + ", ".join(shown[:10]) + f" ({seconds:.1f} s)"
 
 
 def stage_main(

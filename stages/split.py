@@ -40,7 +40,7 @@ def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int) -> pd.
     for _, positions in sorted(groups.groupby(groups, sort=False).indices.items()):
         order = rng.permutation(positions)
         bounds = np.cumsum(allocate(len(order), fractions))[:-1]
-        for name, part in zip(SPLITS, np.split(order, bounds)):
+        for name, part in zip(SPLITS, np.split(order, bounds), strict=True):
             split[part] = name
     result = pd.Series(split, index=groups.index)
     return result.groupby(keys.values, sort=False).transform("first")

@@ -32,7 +32,7 @@ def pack(ids: list[list[int]], eos_id: int, block_size: int) -> tuple[np.ndarray
     lengths = [len(x) + 1 for x in ids]
     stream = np.full(sum(lengths), eos_id, dtype=np.int32)
     ends = np.cumsum(lengths)
-    for doc, end in zip(ids, ends):
+    for doc, end in zip(ids, ends, strict=True):
         stream[end - 1 - len(doc): end - 1] = doc
     n_blocks = len(stream) // block_size
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size), len(stream) % block_size
@@ -57,7 +57,7 @@ def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
     answer_ids = encode(tokenizer, df["response"].tolist())
     inputs, labels = [], []
     counts = {"truncated": 0, "dropped": 0}
-    for prompt, answer in zip(prompt_ids, answer_ids):
+    for prompt, answer in zip(prompt_ids, answer_ids, strict=True):
         ids = prompt + answer + [tokenizer.eos_token_id]
         if len(ids) > p.block_size:
             if p.overlong == "drop" or len(prompt) >= p.block_size:

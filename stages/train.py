@@ -11,8 +11,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from stages.io import (atomic_output, load_model, load_tokenizer, pick_device, pick_precision,
-                       stage_main)
+from stages.io import (
+    atomic_output,
+    load_model,
+    load_tokenizer,
+    pick_device,
+    pick_precision,
+    stage_main,
+)
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
 
 LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate"}
@@ -89,8 +95,9 @@ def last(history: list[dict[str, Any]], key: str) -> float | None:
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     import datasets
-    from dvclive import Live
     from transformers import EarlyStoppingCallback, Trainer, set_seed
+
+    from dvclive import Live
 
     p = params.train
     device = pick_device(p.device)

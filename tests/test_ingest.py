@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stages import ingest
-from stages.params import IngestParams, PATHS, UserError
+from stages.params import PATHS, IngestParams, UserError
 from tests.conftest import SHARED_CORPORA, tiny_params
 
 P = IngestParams()

@@ -1,0 +1,77 @@
+"""evaluate: token-weighted loss, perplexity helpers, BLEU/ROUGE-L, a run on the tiny model, and
+pairs mode end to end."""
+
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import evaluate, report, train
+from stages.io import load_model, load_tokenizer
+from stages.params import PATHS, Params, Paths
+from tests.conftest import run_data_stages, tiny_params
+
+
+def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -> None:
+    import datasets
+
+    _, paths = trained
+    model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    loss, count = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
+    ids = torch.tensor(np.array(test["input_ids"]))
+    with torch.inference_mode():
+        expected = model(input_ids=ids, labels=ids).loss.item()
+    assert count == ids.numel() - len(ids)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_perplexity_and_improvement_helpers() -> None:
+    assert evaluate.perplexity(0.0) == 1.0
+    assert evaluate.perplexity(1e6) is None
+    assert evaluate.relative_improvement(20.0, 15.0) == 0.25
+    assert evaluate.relative_improvement(None, 15.0) is None
+
+
+def test_answer_scores() -> None:
+    same = evaluate.answer_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert same == {"bleu": 100.0, "rougeL": 1.0}
+    other = evaluate.answer_scores(["a dog ran"], ["the cat sat on the mat"])
+    assert other["rougeL"] == 0.0 and other["bleu"] < 5
+
+
+def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
+    params, paths = trained
+    summary = evaluate.run(params, paths)
+    assert summary["test_tokens"] > 0
+    assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
+    samples = json.loads((paths.metrics / "samples.json").read_text())
+    assert [s["prompt"] for s in samples] == ["The miller"]
+    (paths.metrics / "eval.json").write_text(json.dumps(summary))
+    (paths.metrics / "train.json").write_text(json.dumps(train.run(params, paths)))
+    report.run(params, paths)
+    md = (paths.reports / "report.md").read_text()
+    assert "| finetuned |" in md and "![loss curves](loss.png)" in md and "The miller" in md
+    page = (paths.reports / "report.html").read_text()
+    assert "data:image/png;base64," in page and "<table>" in page
+    assert (paths.reports / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pairs_mode_end_to_end_in_process(tmp_path: Path, pairs_file: Path) -> None:
+    params = tiny_params(mode="pairs", ingest={"paths": [str(pairs_file)]},
+                         tokenize={"block_size": 64})
+    paths = PATHS.under(tmp_path)
+    run_data_stages(params, paths)
+    import datasets
+
+    example = datasets.load_from_disk(str(paths.tokenized / "train"))[0]
+    masked = sum(1 for t in example["labels"] if t == -100)
+    assert 0 < masked < len(example["labels"])
+    train.run(params, paths)
+    summary = evaluate.run(params, paths)
+    assert {"bleu", "rougeL"} <= set(summary["finetuned"])

@@ -1,0 +1,56 @@
+"""split: allocation, a deterministic stratified split, no text in two splits, too few records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stages import clean, ingest, split
+from stages.params import PATHS, SplitParams, UserError
+from tests.conftest import tiny_params
+from tests.test_clean import frame
+
+
+@pytest.mark.parametrize(("n", "expected"), [
+    (1, [1, 0, 0]), (2, [2, 0, 0]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [20, 3, 2]), (100, [80, 10, 10]),
+])
+def test_allocate(n: int, expected: list[int]) -> None:
+    assert split.allocate(n, (0.8, 0.1, 0.1)) == expected
+
+
+def test_assign_is_deterministic_stratified_and_keeps_duplicates_together() -> None:
+    groups = pd.Series(["a"] * 20 + ["b"] * 10 + ["c", "d"])
+    keys = pd.Series([f"t{i}" for i in range(31)] + ["t0"])  # row 31 repeats row 0's text
+    p = SplitParams()
+    first, again = split.assign(groups, keys, p, 7), split.assign(groups, keys, p, 7)
+    assert first.tolist() == again.tolist()
+    assert first.tolist() != split.assign(groups, keys, p, 8).tolist()
+    for doc in ("a", "b"):
+        assert set(first[groups == doc]) == {"train", "val", "test"}
+    assert first[31] == first[0]
+    # a: 16/2/2, b: 8/1/1, the pooled short docs c, d: 2/0/0 (d is row 31, which follows row 0)
+    assert first[:31].value_counts().to_dict() == {"train": 25, "val": 3, "test": 3}
+
+
+def test_split_run_writes_three_disjoint_files(tmp_path: Path, books: Path) -> None:
+    params = tiny_params(ingest={"paths": [str(books)]}, clean={"max_chars": 400})
+    paths = PATHS.under(tmp_path)
+    ingest.run(params, paths)
+    clean.run(params, paths)
+    summary = split.run(params, paths)
+    parts = {name: pd.read_parquet(paths.split_file(name)) for name in ("train", "val", "test")}
+    texts = [set(df["text"]) for df in parts.values()]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert all(summary[name]["documents"] == 2 for name in parts)  # both books in every split
+    total = sum(len(df) for df in parts.values())
+    assert abs(len(parts["train"]) / total - 0.8) < 0.06
+
+
+def test_split_with_too_few_records(tmp_path: Path) -> None:
+    paths = PATHS.under(tmp_path)
+    paths.clean.parent.mkdir(parents=True)
+    frame(["only one passage here"]).assign(passage_id="p").to_parquet(paths.clean)
+    with pytest.raises(UserError, match="too few for train/val/test"):
+        split.run(tiny_params(), paths)

@@ -1,0 +1,67 @@
+"""tokenize: packing, pairs masking, over-long pairs, byte-identical outputs, the context check."""
+
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages import tokenize
+from stages.params import PATHS, TokenizeParams, UserError
+from tests.conftest import run_data_stages, tiny_params
+
+
+def test_pack_joins_documents_with_eos_and_counts_the_remainder() -> None:
+    blocks, remainder = tokenize.pack([[1, 2, 3], [4, 5], [6]], eos_id=0, block_size=4)
+    assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6]]
+    assert remainder == 1
+
+
+class FakeTokenizer:
+    """Whitespace 'tokenizer': token id = word length; enough to check masking exactly."""
+
+    eos_token_id = 0
+    chat_template = None
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False,
+                 return_attention_mask: bool = False) -> dict:
+        return {"input_ids": [[len(w) for w in t.split()] for t in texts]}
+
+
+def test_pairs_mask_the_prompt_and_truncate_or_drop_overlong() -> None:
+    df = __import__("pandas").DataFrame({"prompt": ["a bb", "long " * 10],
+                                         "response": ["ccc dddd", "x"]})
+    p = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:")
+    inputs, labels, counts = tokenize.pair_examples(df, FakeTokenizer(), p)
+    assert inputs == [[2, 1, 2, 2, 3, 4, 0]]  # "Q:", "a", "bb", "A:", answer, eos
+    assert labels == [[-100, -100, -100, -100, 3, 4, 0]]
+    assert counts == {"truncated": 0, "dropped": 1}  # the prompt alone is over 8 tokens
+    df2 = df.assign(response=["ccc dddd eeeee ffffff", "x"]).head(1)
+    inputs, labels, counts = tokenize.pair_examples(df2, FakeTokenizer(), p)
+    assert inputs == [[2, 1, 2, 2, 3, 4, 5, 6]] and counts["truncated"] == 1
+    p_drop = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:", overlong="drop")
+    assert tokenize.pair_examples(df2, FakeTokenizer(), p_drop)[2]["dropped"] == 1
+
+
+def test_tokenize_outputs_are_byte_identical_across_runs(tmp_path: Path, books: Path) -> None:
+    params = tiny_params(ingest={"paths": [str(books)]}, clean={"max_chars": 400})
+    paths = PATHS.under(tmp_path)
+    run_data_stages(params, paths)
+    first = {p.name: p.read_bytes() for p in (paths.tokenized / "train").iterdir()}
+    summary = tokenize.run(params, paths)
+    assert {p.name: p.read_bytes() for p in (paths.tokenized / "train").iterdir()} == first
+    assert summary["train"]["blocks"] > summary["val"]["blocks"] > 0
+    import datasets
+
+    block = datasets.load_from_disk(str(paths.tokenized / "train"))[0]
+    assert len(block["input_ids"]) == 32 and block["labels"] == block["input_ids"]
+
+
+def test_block_size_larger_than_the_context_is_refused(tmp_path: Path, books: Path) -> None:
+    params = tiny_params(ingest={"paths": [str(books)]})
+    paths = PATHS.under(tmp_path)
+    run_data_stages(params, paths)
+    with pytest.raises(UserError, match="tokenize.block_size: 4096 is larger than the model's "
+                                        "context of 128 tokens"):
+        tokenize.run(tiny_params(tokenize={"block_size": 4096}), paths)
