@@ -51,8 +51,7 @@ def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    fig.savefig(out, format="png", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -157,15 +156,15 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     samples_path = paths.metrics / "samples.json"
     samples = read_json(samples_path) if samples_path.exists() else []
     curves = loss_curves(paths.train_log)
-    plot = None
-    if curves:
-        plot_losses(curves, paths.reports / "loss.png")
-        plot = "loss.png"
-    content = blocks(params, metrics, samples, plot)
-    with atomic_output(paths.reports / "report.md") as tmp:
-        tmp.write_text(to_markdown(content), encoding="utf-8")
-    with atomic_output(paths.reports / "report.html") as tmp:
-        tmp.write_text(to_html(content, paths.reports), encoding="utf-8")
+    with atomic_output(paths.reports) as tmp:  # the plot and both pages appear together
+        tmp.mkdir()
+        plot = None
+        if curves:
+            plot = "loss.png"
+            plot_losses(curves, tmp / plot)
+        content = blocks(params, metrics, samples, plot)
+        (tmp / "report.md").write_text(to_markdown(content), encoding="utf-8")
+        (tmp / "report.html").write_text(to_html(content, tmp), encoding="utf-8")
     return {"report": str(paths.reports / "report.html"), "plots": len(curves)}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.io import read_parquet, stage_main, write_parquet
+from stages.io import atomic_output, read_parquet, stage_main
 from stages.params import PATHS, SPLITS, Params, Paths, SplitParams, UserError
 
 MIN_PASSAGES = 3  # a document with fewer passages cannot feed all three splits on its own
@@ -57,10 +57,12 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         raise UserError(f"split: {len(df)} passage(s) are too few for train/val/test "
                         f"({dict(counts)}); add data or lower clean.max_chars for more passages")
     summary: dict[str, Any] = {}
-    for name in SPLITS:
-        part = df[df["split"] == name].drop(columns="split")
-        write_parquet(part, paths.split_file(name))
-        summary[name] = {"records": len(part), "documents": int(part["doc_id"].nunique())}
+    with atomic_output(paths.processed) as tmp:  # all three files appear together or none
+        tmp.mkdir()
+        for name in SPLITS:
+            part = df[df["split"] == name].drop(columns="split")
+            part.to_parquet(tmp / paths.split_file(name).name, index=False)
+            summary[name] = {"records": len(part), "documents": int(part["doc_id"].nunique())}
     return summary
 
 

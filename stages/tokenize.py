@@ -123,16 +123,16 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
                         f"context of {context} tokens")
     tokenizer = load_tokenizer(paths.base_model)
     summary: dict[str, Any] = {}
-    for name in SPLITS:
-        df = read_parquet(paths.split_file(name))
-        dataset, stats = (pairs_split(df, tokenizer, p) if params.mode == "pairs"
-                          else text_split(df, tokenizer, p.block_size))
-        if len(dataset) == 0:
-            raise UserError(f"tokenize: the {name} split gives no example of "
-                            f"tokenize.block_size={p.block_size} tokens; lower it or add data")
-        with atomic_output(paths.tokenized / name) as tmp:
-            dataset.save_to_disk(str(tmp))
-        summary[name] = stats
+    with atomic_output(paths.tokenized) as tmp:  # all three splits appear together or none
+        for name in SPLITS:
+            df = read_parquet(paths.split_file(name))
+            dataset, stats = (pairs_split(df, tokenizer, p) if params.mode == "pairs"
+                              else text_split(df, tokenizer, p.block_size))
+            if len(dataset) == 0:
+                raise UserError(f"tokenize: the {name} split gives no example of "
+                                f"tokenize.block_size={p.block_size} tokens; lower it or add data")
+            dataset.save_to_disk(str(tmp / name))
+            summary[name] = stats
     summary["dropped_share"] = dropped_share(summary, params.mode)
     return summary
 
