@@ -72,7 +72,7 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
     improvement = ev.get("perplexity_improvement")
     out: list[Block] = [("h1", params.report.title), ("p", (
         f"Base model `{params.model.source}` fine-tuned in {params.mode} mode on "
-        f"{tr['device']} ({tr['precision']}). Test perplexity "
+        f"{tr['env']['device']} ({tr['env']['precision']}). Test perplexity "
         f"{_fmt(ev['base']['perplexity'])} → {_fmt(ev['finetuned']['perplexity'])}"
         + (f" ({improvement:.1%} lower)." if improvement is not None else ".")))]
     out += [("h2", "Base vs fine-tuned (test split)"), ("table", model_table(ev)),

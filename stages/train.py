@@ -89,6 +89,22 @@ def training_args(p: TrainParams, seed: int, device: str, precision: str, out: P
     )
 
 
+def environment(device: str, precision: str) -> dict[str, str]:
+    """What a result depends on beyond code, data and params, so that a difference between two
+    machines shows up next to the metrics instead of staying a mystery."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    env = {"python": platform.python_version(),
+           **{name: importlib.metadata.version(name) for name in ("torch", "transformers", "dvc")},
+           "device": device, "precision": precision}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
 def last(history: list[dict[str, Any]], key: str) -> float | None:
     return next((float(h[key]) for h in reversed(history) if key in h), None)
 
@@ -132,11 +148,11 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     return {
         "train_loss": last(trainer.state.log_history, "loss"),
         "val_loss": float(final_eval["eval_loss"]),
-        "steps": trainer.state.global_step, "epochs": round(float(trainer.state.epoch or 0), 4),
+        "steps": trainer.state.global_step,
         "tokens": tokens, "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
         "train_seconds": round(runtime, 2), "wall_seconds": round(time.perf_counter() - started, 2),
-        "device": device, "precision": precision,
         "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "env": environment(device, precision),
     }
 
 

@@ -39,15 +39,16 @@ def test_every_param_key_named_in_dvc_yaml_exists() -> None:
 def test_dvc_yaml_paths_match_the_declared_paths() -> None:
     declared = {str(getattr(PATHS, f.name)) for f in dataclasses.fields(PATHS)} - {"metrics",
                                                                                    "reports"}
-    named = set()
-    for stage in dvc_stages().values():
-        for entry in stage.get("outs", []) + stage.get("deps", []):
-            named.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    def names(stage: dict, *kinds: str) -> set[str]:
+        return {next(iter(e)) if isinstance(e, dict) else e
+                for kind in kinds for e in stage.get(kind, [])}
+
+    outputs = ("outs", "metrics", "plots")
+    named = set().union(*(names(s, "deps", *outputs) for s in dvc_stages().values()))
     assert declared <= named, f"paths not in dvc.yaml: {declared - named}"
     for stage in dvc_stages().values():
-        for out in stage.get("outs", []):
-            out = next(iter(out)) if isinstance(out, dict) else out
-            assert (out in declared or out.startswith(("metrics/", "reports"))), out
+        for out in names(stage, *outputs):
+            assert out in declared or out.startswith(("metrics/", "reports")), out
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

@@ -44,7 +44,11 @@ def test_train_saves_safetensors_logs_losses_and_changes_weights(
 def test_train_metrics(trained: tuple[Params, Paths]) -> None:
     params, paths = trained
     summary = train.run(params, paths)  # a second run with the same seed: same numbers
-    assert summary["steps"] == 4 and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["steps"] == 4
+    env = summary["env"]
+    assert (env["device"], env["precision"]) == ("cpu", "fp32")
+    assert env["torch"] == torch.__version__.split("+")[0]
+    assert {"python", "transformers", "dvc"} <= set(env)
     assert summary["tokens"] == 4 * 4 * 32
     assert summary["tokens_per_second"] > 0 and math.isfinite(summary["val_loss"])
     again = train.run(params, paths)
