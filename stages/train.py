@@ -5,7 +5,6 @@ data/tokenized/val; write models/finetuned/ (safetensors + tokenizer), the loss 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +125,6 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         model.enable_input_require_grads()  # frozen embeddings would cut the gradient path
     train_set = datasets.load_from_disk(str(paths.tokenized / "train"))
     val_set = datasets.load_from_disk(str(paths.tokenized / "val"))
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="checkpoints-") as out, \
             Live(dir=str(paths.train_log), save_dvc_exp=False, dvcyaml=None) as live:
         callbacks = [LiveLosses(live)]
@@ -150,7 +148,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         "val_loss": float(final_eval["eval_loss"]),
         "steps": trainer.state.global_step,
         "tokens": tokens, "tokens_per_second": round(tokens / runtime, 2) if runtime else None,
-        "train_seconds": round(runtime, 2), "wall_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(runtime, 2),
         "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
         "env": environment(device, precision),
     }

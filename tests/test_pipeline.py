@@ -1,6 +1,6 @@
-"""End to end: the real `dvc repro` in a temporary git repository holding this project, with a
-tiny scratch model; then a cached rerun, and a learning-rate change that reruns only what
-depends on it."""
+"""End to end with the real DVC and a tiny scratch model: `dvc repro` in a temporary git
+repository holding this project, cached reruns, a params change that reruns only what depends on
+it, byte-identical data stages, the run cache, experiments, and a teammate who clones and pulls."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ TINY = {
               "learning_rate": 3.0e-3, "device": "cpu"},
     "evaluate": {"max_new_tokens": 8},
 }
+DATA_STAGES = ("ingest", "clean", "split", "base_model", "tokenize")
+
+pytestmark = pytest.mark.slow
 
 
-def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def sh(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                "COLUMNS": "200", **(env or {})}
+    result = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -41,8 +45,8 @@ def stages_run(output: str) -> set[str]:
 
 
 def project_files() -> list[str]:
-    """What a fresh clone holds: tracked files plus new files git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+    """What a fresh clone holds: the files git tracks (staged ones included)."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     return [f for f in listed if f and (ROOT / f).is_file()]
 
@@ -52,30 +56,55 @@ def merge(base: dict, override: dict) -> dict:
         k: v for k, v in base.items() if k not in override}
 
 
+def set_learning_rate(repo: Path, value: float) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["learning_rate"] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def lock_outs(repo: Path, stages: tuple[str, ...]) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for name in stages for out in lock[name]["outs"]}
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("clone") / "project"
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the project (`project/`, a copy of this repository with tiny params) pushed
+    to a bare git `origin.git`; the project's default DVC remote is `dvc-storage/` beside it."""
+    top = tmp_path_factory.mktemp("workspace")
+    repo = top / "project"
     for name in project_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
-    sh(repo, "git", "init", "-q")
+    sh(top, "git", "init", "-q", "--bare", "-b", "main", "origin.git")
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "git", "remote", "add", "origin", str(top / "origin.git"))
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny project")
-    return repo
+    return top
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def project(workspace: Path) -> Path:
+    return workspace / "project"
+
+
 def test_dvc_repro_end_to_end(project: Path) -> None:
     first = sh(project, "dvc", "repro")
-    assert stages_run(first.stdout) == {"ingest", "clean", "split", "base_model", "tokenize",
-                                        "train", "evaluate", "report"}
+    assert stages_run(first.stdout) == {*DATA_STAGES, "train", "evaluate", "report"}
     ev = json.loads((project / "metrics" / "eval.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert ev["perplexity_improvement"] > 0 and ev["test_tokens"] > 1000
     train = json.loads((project / "metrics" / "train.json").read_text())
     assert train["steps"] == 8 and train["tokens"] == 8 * 4 * 64
+    assert train["env"]["device"] == "cpu" and train["env"]["dvc"]
     assert (project / "models" / "finetuned" / "model.safetensors").is_file()
     assert "finetuned" in (project / "reports" / "report.md").read_text()
     assert "/tokenized" in (project / "data" / ".gitignore").read_text()
@@ -84,21 +113,83 @@ def test_dvc_repro_end_to_end(project: Path) -> None:
     assert "up to date" in sh(project, "dvc", "status").stdout
     assert stages_run(sh(project, "dvc", "repro").stdout) == set()
 
-    metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
-    shown = json.dumps(metrics)
+    shown = json.dumps(json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout))
     assert '"perplexity_improvement"' in shown and '"tokens_per_second"' in shown
 
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-qm", "run")
-    exp = sh(project, "dvc", "exp", "show", "--no-pager", "--csv").stdout
-    header = exp.splitlines()[0]
-    assert "train.learning_rate" in header and "finetuned.perplexity" in header
+
+def test_data_stages_give_the_same_bytes_whatever_the_hash_seed(project: Path) -> None:
+    sh(project, "dvc", "repro")
+    before = lock_outs(project, DATA_STAGES)
+    forced = sh(project, "dvc", "repro", "--force", "tokenize", env={"PYTHONHASHSEED": "977"})
+    assert stages_run(forced.stdout) == set(DATA_STAGES)
+    assert lock_outs(project, DATA_STAGES) == before
 
 
-@pytest.mark.slow
 def test_learning_rate_change_reruns_only_train_evaluate_report(project: Path) -> None:
-    sh(project, "dvc", "repro")  # whatever state the previous test left, make it current
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"]["learning_rate"] = 1.0e-3
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(project, "dvc", "repro")
+    set_learning_rate(project, 1.0e-3)
     assert stages_run(sh(project, "dvc", "repro").stdout) == {"train", "evaluate", "report"}
+
+
+def test_training_twice_with_the_same_seed_gives_identical_metrics(project: Path) -> None:
+    sh(project, "dvc", "repro")
+    first = json.loads((project / "metrics" / "train.json").read_text())
+    sh(project, "dvc", "repro", "--force", "--single-item", "train")
+    again = json.loads((project / "metrics" / "train.json").read_text())
+    for key in ("train_loss", "val_loss", "steps", "tokens"):
+        assert again[key] == first[key], key
+
+
+def test_a_params_combination_that_already_ran_comes_from_the_run_cache(project: Path) -> None:
+    set_learning_rate(project, 2.0e-3)
+    assert "train" in stages_run(sh(project, "dvc", "repro").stdout)
+    ran = (project / "metrics" / "train.json").read_text()
+    set_learning_rate(project, 4.0e-3)
+    assert "train" in stages_run(sh(project, "dvc", "repro").stdout)
+    set_learning_rate(project, 2.0e-3)
+    restored = sh(project, "dvc", "repro").stdout
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in restored
+    assert stages_run(restored) == set()
+    assert (project / "metrics" / "train.json").read_text() == ran
+
+
+def test_experiments_show_params_and_the_metrics_that_matter(project: Path) -> None:
+    set_learning_rate(project, 3.0e-3)
+    sh(project, "dvc", "repro")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "baseline")
+    sh(project, "dvc", "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=6.0e-3")
+    # --drop / hides the hash columns of intermediate artifacts (every one is a path with a /)
+    table = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", "/", "--no-pager").stdout
+    assert "lr-high" in table and "…" not in table, table
+    assert max(map(len, table.splitlines())) <= 200
+    header = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", "/",
+                "--csv").stdout.splitlines()[0]
+    assert "/" not in header
+    for column in ("train.learning_rate", "finetuned.perplexity", "perplexity_improvement",
+                   "val_loss", "tokens_per_second"):
+        assert column in header, header
+    assert "train_runtime" not in header and "per_device_train_batch_size" not in header
+    plots = sh(project, "dvc", "plots", "diff", "--json", "lr-high").stdout
+    assert "lr-high" in plots and "eval/loss.tsv" in plots
+
+
+def test_a_teammate_clones_pulls_and_has_the_same_bytes(workspace: Path, project: Path) -> None:
+    sh(project, "git", "reset", "-q", "--hard")  # back from the experiment to the baseline
+    sh(project, "dvc", "checkout")
+    assert "up to date" in sh(project, "dvc", "status").stdout
+    sh(project, "dvc", "push")
+    sh(project, "git", "push", "-q", "origin", "main")
+    sh(project, "dvc", "exp", "push", "origin", "lr-high")
+
+    mate = workspace / "teammate"
+    sh(workspace, "git", "clone", "-q", str(workspace / "origin.git"), str(mate))
+    sh(mate, "dvc", "pull")
+    assert "up to date" in sh(mate, "dvc", "status").stdout
+    assert stages_run(sh(mate, "dvc", "repro").stdout) == set()
+    for shared in ("metrics", "data/tokenized", "data/processed", "models/base",
+                   "models/finetuned"):
+        assert tree_bytes(mate / shared) == tree_bytes(project / shared), shared
+
+    sh(mate, "dvc", "exp", "pull", "origin", "lr-high")
+    assert "lr-high" in sh(mate, "dvc", "exp", "show", "--no-pager").stdout
