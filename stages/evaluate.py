@@ -48,9 +48,10 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"],
                            attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
-                                     labels.reshape(-1), ignore_index=-100, reduction="sum").item()
+            # shift the labels, not the logits: slicing the (batch, seq, vocab) logits would copy them
+            labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+            total += F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
             count += int((labels != -100).sum())
     return total / max(count, 1), count
 

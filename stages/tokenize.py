@@ -6,17 +6,23 @@ with -100, so the loss is on the answer only. Params: `mode`, `tokenize`."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.base_model import context_length
 from stages.io import atomic_output, load_tokenizer, read_parquet, stage_main
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
 
 IGNORE = -100  # label of a token the loss skips
+
+
+CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
 
 
 def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list[int]]:
@@ -26,14 +32,30 @@ def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list
     return tokenizer(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
 
 
-def pack(ids: list[list[int]], eos_id: int, block_size: int) -> tuple[np.ndarray, int]:
-    """Join the documents with EOS after each and cut the stream into full blocks.
-    Returns the (blocks, block_size) array and the number of tokens left over."""
-    lengths = [len(x) + 1 for x in ids]
-    stream = np.full(sum(lengths), eos_id, dtype=np.int32)
-    ends = np.cumsum(lengths)
-    for doc, end in zip(ids, ends, strict=True):
-        stream[end - 1 - len(doc): end - 1] = doc
+def join_with_eos(ids: list[list[int]], eos_id: int) -> np.ndarray:
+    """The documents' ids in one int32 array, each document followed by EOS."""
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    stream = np.full(int(lengths.sum()), eos_id, dtype=np.int32)
+    mask = np.ones(len(stream), dtype=bool)
+    mask[np.cumsum(lengths) - 1] = False  # the EOS positions
+    stream[mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32,
+                               count=int(mask.sum()))
+    return stream
+
+
+def token_stream(texts: pa.ChunkedArray, tokenizer: Any) -> np.ndarray:
+    """All documents tokenized in chunks by the Rust tokenizer (offsets skipped: only ids are
+    kept) and joined with EOS, without ever holding the whole corpus as Python lists."""
+    backend = tokenizer.backend_tokenizer
+    parts = [join_with_eos([e.ids for e in backend.encode_batch_fast(
+        texts.slice(start, CHUNK).to_pylist(), add_special_tokens=False)],
+        tokenizer.eos_token_id) for start in range(0, len(texts), CHUNK)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+
+
+def pack(stream: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
+    """Cut a token stream into full blocks: the (blocks, block_size) array and the number of
+    tokens left over."""
     n_blocks = len(stream) // block_size
     return stream[: n_blocks * block_size].reshape(n_blocks, block_size), len(stream) % block_size
 
@@ -84,9 +106,9 @@ def to_dataset(columns: dict[str, Any]) -> Any:
     return datasets.Dataset(table, fingerprint=digest.hexdigest()[:16])
 
 
-def text_split(df: pd.DataFrame, tokenizer: Any, block_size: int) -> tuple[Any, dict[str, int]]:
-    blocks, remainder = pack(encode(tokenizer, df["text"].tolist()), tokenizer.eos_token_id,
-                             block_size)
+def text_split(path: Path, tokenizer: Any, block_size: int) -> tuple[Any, dict[str, int]]:
+    texts = pq.read_table(path, columns=["text"]).column("text")
+    blocks, remainder = pack(token_stream(texts, tokenizer), block_size)
     ids = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), pa.int32()), block_size)
     stats = {"tokens": int(blocks.size + remainder), "blocks": len(blocks),
              "remainder_tokens": remainder}
@@ -125,9 +147,9 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     with atomic_output(paths.tokenized) as tmp:  # all three splits appear together or none
         for name in SPLITS:
-            df = read_parquet(paths.split_file(name))
-            dataset, stats = (pairs_split(df, tokenizer, p) if params.mode == "pairs"
-                              else text_split(df, tokenizer, p.block_size))
+            source = paths.split_file(name)
+            dataset, stats = (pairs_split(read_parquet(source), tokenizer, p)
+                              if params.mode == "pairs" else text_split(source, tokenizer, p.block_size))
             if len(dataset) == 0:
                 raise UserError(f"tokenize: the {name} split gives no example of "
                                 f"tokenize.block_size={p.block_size} tokens; lower it or add data")

@@ -39,6 +39,19 @@ class LiveLosses(TrainerCallback):
                 self.live.log_metric(name, float(logs[key]))
 
 
+def open_live(directory: Path) -> Any:
+    """A DVCLive logger that writes the loss histories only (no dvc.yaml, no experiment of its
+    own: DVC's pipeline and `dvc exp` own those)."""
+    from scmrepo.exceptions import SCMError
+
+    from dvclive import Live
+
+    try:
+        return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as e:  # DVCLive reads the baseline commit; a new repository has none
+        raise UserError(f"git: {e}; make a first commit (git add -A && git commit) and rerun") from None
+
+
 def collator(tokenizer: Any) -> Any:
     """Pads input_ids with the pad token and labels with -100 (pairs have varied lengths)."""
     from transformers import DataCollatorForSeq2Seq
@@ -112,7 +125,6 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     import datasets
     from transformers import EarlyStoppingCallback, Trainer, set_seed
 
-    from dvclive import Live
 
     p = params.train
     device = pick_device(p.device)
@@ -125,8 +137,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         model.enable_input_require_grads()  # frozen embeddings would cut the gradient path
     train_set = datasets.load_from_disk(str(paths.tokenized / "train"))
     val_set = datasets.load_from_disk(str(paths.tokenized / "val"))
-    with tempfile.TemporaryDirectory(prefix="checkpoints-") as out, \
-            Live(dir=str(paths.train_log), save_dvc_exp=False, dvcyaml=None) as live:
+    with tempfile.TemporaryDirectory(prefix="checkpoints-") as out, open_live(paths.train_log) as live:
         callbacks = [LiveLosses(live)]
         if p.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
