@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bench import corpus
+from bench import corpus, model_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_STAGES = ("ingest", "clean", "split", "tokenize")
@@ -57,15 +57,11 @@ def run_stage(project: Path, stage: str) -> tuple[float, int]:
 
 
 def make_project(where: Path, megabytes: float) -> tuple[Path, int]:
-    """A project folder with a generated corpus and the base model (copied from models/base, or
-    built by the base_model stage), ready for the data stages."""
+    """A project folder with a generated corpus and the base model, ready for the data stages."""
     project = where / f"corpus-{megabytes:g}mb"
     size = corpus.build(project / "data" / "raw", megabytes)
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")
-    if (ROOT / "models" / "base" / "config.json").exists():
-        shutil.copytree(ROOT / "models" / "base", project / "models" / "base")
-    else:
-        run_stage(project, "base_model")
+    shutil.copytree(model_bench.base_model_dir(where), project / "models" / "base")
     return project, size
 
 
@@ -139,8 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     sizes = (1.0, 2.0, 4.0) if args.quick else (50.0, 100.0, 200.0)
-    from bench import model_bench
-
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "repeats": repeats,
                                "targets": TARGETS}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

@@ -15,15 +15,17 @@ BLOCK, BATCH = 256, 4
 
 
 def base_model_dir(where: Path) -> Path:
-    """models/base of this project (after `dvc repro` or `dvc pull`), else built here."""
+    """models/base of this project (after `dvc repro` or `dvc pull`), else built once under
+    `where` by the base_model stage and reused by every benchmark of the run."""
     if (ROOT / "models" / "base" / "config.json").exists():
         return ROOT / "models" / "base"
-    from bench.__main__ import run_stage
-
     project = where / "base"
-    project.mkdir(exist_ok=True)
-    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    run_stage(project, "base_model")
+    if not (project / "models" / "base" / "config.json").exists():
+        from bench.__main__ import run_stage
+
+        project.mkdir(exist_ok=True)
+        (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+        run_stage(project, "base_model")
     return project / "models" / "base"
 
 
