@@ -107,7 +107,13 @@ def to_dataset(columns: dict[str, Any]) -> Any:
 
 
 def text_split(path: Path, tokenizer: Any, block_size: int) -> tuple[Any, dict[str, int]]:
-    texts = pq.read_table(path, columns=["text"]).column("text")
+    return packed_dataset(pq.read_table(path, columns=["text"]).column("text"), tokenizer,
+                          block_size)
+
+
+def packed_dataset(texts: pa.ChunkedArray, tokenizer: Any, block_size: int
+                   ) -> tuple[Any, dict[str, int]]:
+    """Documents joined with EOS and cut into full blocks (labels = inputs), with their counts."""
     blocks, remainder = pack(token_stream(texts, tokenizer), block_size)
     ids = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), pa.int32()), block_size)
     stats = {"tokens": int(blocks.size + remainder), "blocks": len(blocks),
