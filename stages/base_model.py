@@ -18,6 +18,7 @@ from stages.io import atomic_output, read_parquet, stage_main
 from stages.params import PATHS, Params, Paths, ScratchParams, UserError
 
 EOS = "<|endoftext|>"
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 
 
 def package_gguf(spec: str) -> Path:
@@ -53,14 +54,34 @@ def from_gguf(path: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def from_pretrained(source: str, revision: str) -> tuple[Any, Any]:
-    """A local Hugging Face directory or a hub id: safetensors only, never remote code."""
+def pickle_only(directory: Path) -> list[str]:
+    """The pickle weight files of a model directory that has no safetensors ([] otherwise)."""
+    if any(directory.glob("*.safetensors")):
+        return []
+    return sorted(f.name for f in directory.iterdir() if f.suffix in PICKLE_SUFFIXES)
+
+
+def from_pretrained(source: str, revision: str, allow_pickle: bool = False) -> tuple[Any, Any]:
+    """A local Hugging Face directory or a hub id: never remote code, and safetensors only unless
+    `model.allow_pickle` (pickle files can run code when they are loaded)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    pickles = pickle_only(Path(source)) if Path(source).is_dir() else []
+    if pickles and not allow_pickle:
+        raise UserError(f"model.source: {source} has only pickle weights ({', '.join(pickles)}), "
+                        "which can run code when loaded; convert them to safetensors, or set "
+                        "model.allow_pickle: true if you trust them")
     kwargs = {"revision": revision, "trust_remote_code": False}
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype="float32",
-                                                 **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, use_safetensors=None if allow_pickle else True, dtype="float32", **kwargs)
+    except (OSError, ValueError) as e:  # not found, no network, custom code, no safetensors
+        reason = " ".join(str(e).split())
+        if "custom code" in reason:
+            reason = ("it needs its own Python code to load, which this pipeline never runs "
+                      "(trust_remote_code stays off); choose a model transformers supports itself")
+        raise UserError(f"model.source: {source}: {reason[:400]}") from None
     return model, tokenizer
 
 
@@ -101,8 +122,12 @@ def build(params: Params, paths: Paths) -> tuple[Any, Any]:
         return from_gguf(package_gguf(source.removeprefix("package:")))
     if source.endswith(".gguf"):
         return from_gguf(Path(source))
+    if Path(source).suffix in PICKLE_SUFFIXES:
+        raise UserError(f"model.source: {source}: a bare pickle weights file; point it at the model's "
+                        "directory (config.json, tokenizer, safetensors weights)")
     if Path(source).is_dir() or not (Path(source).exists() or source.startswith((".", "/", "~"))):
-        return from_pretrained(source, params.model.revision)  # a local directory or a hub id
+        # a local directory or a hub id
+        return from_pretrained(source, params.model.revision, params.model.allow_pickle)
     raise UserError(f"model.source: {source}: not a model directory or a .gguf file")
 
 

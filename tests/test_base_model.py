@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from stages import base_model
 from stages.io import load_model, load_tokenizer
-from stages.params import PATHS, UserError
+from stages.params import PATHS, ScratchParams, UserError
 from tests.conftest import run_data_stages, tiny_params
 
 
@@ -52,3 +53,49 @@ def test_scratch_model_and_tokenizer_are_trained_on_the_train_split(tmp_path: Pa
     tokenizer = load_tokenizer(paths.base_model)
     assert tokenizer.pad_token is not None and len(tokenizer) <= 400
     assert len(tokenizer("The miller counted sacks")["input_ids"]) <= 8  # learned the corpus
+
+
+def tiny_model_dir(directory: Path, pickle: bool) -> Any:
+    """A tiny GPT-2 with a tokenizer, its weights as safetensors or as a pickle file."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model, tokenizer = base_model.from_scratch(["a tiny corpus"] * 10, ScratchParams(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=300, n_positions=32), seed=0)
+    tokenizer.save_pretrained(directory)
+    if pickle:
+        model.config.save_pretrained(directory)
+        torch.save(model.state_dict(), directory / "pytorch_model.bin")
+    else:
+        model.save_pretrained(directory)
+    assert isinstance(model, GPT2LMHeadModel) and isinstance(model.config, GPT2Config)
+    return model
+
+
+def test_pickle_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
+    original = tiny_model_dir(tmp_path / "pickled", pickle=True)
+    with pytest.raises(UserError, match=r"pickled has only pickle weights \(pytorch_model.bin\), "
+                                        r"which can run code when loaded"):
+        base_model.from_pretrained(str(tmp_path / "pickled"), "main")
+    with pytest.raises(UserError, match="a bare pickle weights file"):
+        base_model.run(tiny_params(model={"source": str(tmp_path / "pickled" / "pytorch_model.bin")}),
+                       PATHS.under(tmp_path))
+    model, _ = base_model.from_pretrained(str(tmp_path / "pickled"), "main", allow_pickle=True)
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(),
+                                                 model.state_dict().values(), strict=True))
+
+
+def test_remote_code_never_runs(tmp_path: Path) -> None:
+    directory = tmp_path / "custom"
+    tiny_model_dir(directory, pickle=False)
+    marker = tmp_path / "code-ran"
+    (directory / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                       "from transformers import GPT2Config as EvilConfig\n"
+                                       "from transformers import GPT2LMHeadModel as EvilModel\n")
+    config = json.loads((directory / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig",
+                                               "AutoModelForCausalLM": "evil.EvilModel"})
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="custom: it needs its own Python code to load, which this "
+                                        "pipeline never runs"):
+        base_model.run(tiny_params(model={"source": str(directory)}), PATHS.under(tmp_path))
+    assert not marker.exists()

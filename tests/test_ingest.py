@@ -25,23 +25,85 @@ def write(path: Path, content: str | bytes) -> Path:
     return path
 
 
+def discover(entries: list[str], p: IngestParams = P) -> tuple[list[Path], ingest.Problems]:
+    problems = ingest.Problems(p.on_error)
+    files, _ = ingest.discover(entries, p, problems)
+    return files, problems
+
+
 def test_discover_sorts_files_from_dirs_and_globs_and_skips_unsupported(tmp_path: Path) -> None:
     write(tmp_path / "b" / "z.txt", "z")
     write(tmp_path / "b" / "a.md", "a")
     write(tmp_path / "b" / "image.png", b"\x89PNG")
     write(tmp_path / "c.jsonl", "{}")
-    found = ingest.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"), str(tmp_path / "b")])
+    problems = ingest.Problems("fail")
+    found, ignored = ingest.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"),
+                                      str(tmp_path / "b")], P, problems)
     assert [p.name for p in found] == ["a.md", "z.txt", "c.jsonl"]
+    assert ignored == 2  # image.png, seen through both entries naming b/
 
 
-def test_discover_errors_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="missing: no such file or directory"):
-        ingest.discover([str(tmp_path / "missing")])
-    write(tmp_path / "only.png", b"x")
-    with pytest.raises(UserError, match="matched no supported file"):
-        ingest.discover([str(tmp_path)])
-    with pytest.raises(UserError, match="only.png: unsupported file type"):
-        ingest.discover([str(tmp_path / "only.png")])
+@pytest.mark.parametrize(("entry", "message", "reason"), [
+    ("missing", "missing: no such file or directory", "missing_path"),
+    ("nothing-*.txt", "nothing-*.txt: the pattern matches nothing", "missing_path"),
+    ("only-images", "only-images: contains no supported file", "no_supported_file"),
+    ("*.png", "*.png: matches no supported file", "no_supported_file"),
+    ("only-images/one.png", "one.png: unsupported file type", "unsupported_type"),
+    ("empty-dir", "empty-dir: contains no supported file", "no_supported_file"),
+])
+def test_discover_errors_name_the_path_or_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       entry: str, message: str, reason: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "only-images" / "one.png", b"x")
+    write(tmp_path / "top.png", b"x")
+    (tmp_path / "empty-dir").mkdir()
+    write(tmp_path / "good.txt", "fine")
+    with pytest.raises(UserError) as err:
+        discover(["good.txt", entry])
+    assert str(err.value).startswith("ingest.paths: ") and message in str(err.value)
+    files, problems = discover(["good.txt", entry], SKIP)
+    assert files == [Path("good.txt")] and problems.skipped == {reason: 1}
+
+
+def symlink(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+def test_symlinks_out_of_the_given_paths_are_refused_unless_followed(tmp_path: Path) -> None:
+    secret = write(tmp_path / "outside" / "secret.txt", "private notes")
+    write(tmp_path / "outside" / "more" / "other.md", "more private notes")
+    write(tmp_path / "data" / "book.txt", "the book")
+    link = symlink(tmp_path / "data" / "notes.txt", secret)
+    with pytest.raises(UserError, match=f"{link.as_posix()}: a symlink to {secret}, outside "
+                                        "ingest.paths"):
+        discover([str(tmp_path / "data")])
+    symlink(tmp_path / "data" / "more", tmp_path / "outside" / "more")  # a directory too
+    files, problems = discover([str(tmp_path / "data")], SKIP)
+    assert [f.name for f in files] == ["book.txt"] and problems.skipped == {"symlink_outside": 2}
+    files, _ = discover([str(tmp_path / "data")], IngestParams(follow_symlinks=True))
+    assert sorted(f.name for f in files) == ["book.txt", "notes.txt", "other.md"]
+    # a file named on its own is the user's explicit choice, wherever it points
+    assert discover([str(link)])[0] == [link]
+
+
+def test_symlinks_inside_the_given_paths_and_loops(tmp_path: Path) -> None:
+    book = write(tmp_path / "data" / "book.txt", "the book")
+    symlink(tmp_path / "data" / "alias.txt", book)  # the same file twice: read once
+    symlink(tmp_path / "data" / "sub" / "up", tmp_path / "data")  # a directory loop
+    files, _ = discover([str(tmp_path / "data")])
+    assert files == [tmp_path / "data" / "alias.txt"]
+    files, _ = discover([str(tmp_path / "data")], IngestParams(follow_symlinks=True))
+    assert files == [tmp_path / "data" / "alias.txt"]
+    loop = symlink(tmp_path / "data" / "loop.txt", tmp_path / "data" / "loop2.txt")
+    symlink(tmp_path / "data" / "loop2.txt", loop)
+    with pytest.raises(UserError, match="loop.txt: a symlink loop"):
+        discover([str(tmp_path / "data")])
+    files, problems = discover([str(tmp_path / "data")], SKIP)
+    assert files == [tmp_path / "data" / "alias.txt"] and problems.skipped == {"symlink_loop": 2}
+    with pytest.raises(UserError, match="loop.txt: a symlink loop"):
+        discover([str(loop)])
 
 
 def test_text_document_title_from_heading_else_file_name() -> None:
@@ -110,7 +172,13 @@ def test_configured_pair_fields(tmp_path: Path) -> None:
      "invalid_json"),
     ("bad.json", '{"text": "not a list"}', "bad.json: the top level must be a list", "not_a_list"),
     ("bad.json", '[{"text": "a"},\n  {"text": }]', "bad.json:line 2: invalid JSON", "invalid_json"),
-    ("nocol.csv", "body\nhello\n", "nocol.csv:row 1: no 'text' field", "missing_field"),
+    ("nocol.csv", "body\nhello\n", "nocol.csv: no column 'text' (it has: body)", "missing_column"),
+    ("bad.csv", 'text\n"unclosed\n', "bad.csv: invalid CSV", "invalid_csv"),
+    ("nofield.jsonl", '{"body": "x"}\n', "nofield.jsonl:line 1: no 'text' field", "missing_field"),
+    ("empty.jsonl", '{"text": ""}\n', "empty.jsonl:line 1: 'text' is empty", "empty_text"),
+    ("list.jsonl", '{"text": ["a"]}\n', "list.jsonl:line 1: 'text' is list, not text", "wrong_type"),
+    ("blank.md", "  \n\n ", "blank.md: the file is empty", "empty_file"),
+    ("fake.parquet", b"PAR1 not really", "fake.parquet: not a readable Parquet file", "invalid_parquet"),
     ("empty.txt", "", "empty.txt: the file is empty", "empty_file"),
     ("null.jsonl", '{"text": null}\n', "null.jsonl:line 1: 'text' is empty", "empty_text"),
     ("latin.txt", "caf\xe9".encode("latin-1"), "latin.txt:line 1: invalid UTF-8 at byte 3",
@@ -137,6 +205,55 @@ def test_pairs_record_without_answer(tmp_path: Path) -> None:
     assert len(df) == 1 and summary["skipped_by_reason"] == {"missing_answer": 1}
 
 
+@pytest.mark.parametrize(("table", "mode", "message", "reason"), [
+    ({"body": ["x"]}, "text", "no column 'text' (it has: body); set ingest.text_field",
+     "missing_column"),
+    ({"text": [1, 2]}, "text", "column 'text' holds int64, not text", "wrong_schema"),
+    ({"input": ["Q"]}, "pairs", "no column 'output' (it has: input)", "missing_column"),
+    ({"input": ["Q"], "output": [[1, 2]]}, "pairs", "column 'output' holds list<element: int64>",
+     "wrong_schema"),
+])
+def test_parquet_with_the_wrong_schema(tmp_path: Path, table: dict, mode: str, message: str,
+                                       reason: str) -> None:
+    path = tmp_path / "data.parquet"
+    pd.DataFrame(table).to_parquet(path)
+    with pytest.raises(UserError) as err:
+        run_ingest([path], mode)
+    assert str(err.value).startswith(f"{path.as_posix()}: {message}")
+    _, summary = run_ingest([path], mode, SKIP)
+    assert summary["skipped_by_reason"] == {reason: 1}
+
+
+def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
+    from stages import clean
+    from stages.params import CleanParams
+
+    words = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur")
+    line = " ".join(words[i % len(words)] for i in range(8_800_000))  # about 50 MB, no newline
+    assert len(line) > 50_000_000 and "\n" not in line
+    files = [write(tmp_path / "long.txt", line), write(tmp_path / "long.jsonl",
+                                                       json.dumps({"text": line}))]
+    df, summary = run_ingest(files)
+    assert summary["records"] == 2 and df["text"].str.len().min() == len(line)
+    out, dropped = clean.clean_text_rows(df, CleanParams(max_chars=2000, dedupe=False))
+    lengths = out["text"].str.len()
+    assert lengths.max() <= 2000 and lengths.sum() > 2 * 0.99 * len(line)
+    assert len(out) >= 2 * len(line) // 2000 and not dropped
+
+
+def test_run_counts_ignored_files_and_fails_when_nothing_is_usable(tmp_path: Path) -> None:
+    write(tmp_path / "raw" / "book.txt", "A book of some length.")
+    write(tmp_path / "raw" / "cover.jpg", b"\xff\xd8")
+    paths = PATHS.under(tmp_path)
+    summary = ingest.run(tiny_params(ingest={"paths": [str(tmp_path / "raw")]}), paths)
+    assert summary["records"] == 1 and summary["ignored_files"] == 1
+    write(tmp_path / "bad" / "broken.jsonl", "{not json\n")
+    with pytest.raises(UserError, match=r"no usable records in 1 file\(s\) \(skipped: "
+                                        r"\{'invalid_json': 1\}\)"):
+        ingest.run(tiny_params(ingest={"paths": [str(tmp_path / "bad")], "on_error": "skip"}),
+                   paths)
+
+
 def test_bom_is_tolerated_and_fallback_encoding_is_used(tmp_path: Path) -> None:
     bom = write(tmp_path / "bom.txt", "Hello".encode("utf-8-sig"))
     latin = write(tmp_path / "latin.txt", "café".encode("latin-1"))
@@ -157,7 +274,7 @@ def test_shared_corpus_with_one_non_utf8_file() -> None:
     corpus = SHARED_CORPORA / "inaugural"
     if not corpus.is_dir():
         pytest.skip("../shared/corpora is not present (CI-only corpus)")
-    files = ingest.discover([str(corpus)])
+    files, _ = discover([str(corpus)])
     with pytest.raises(UserError, match="invalid UTF-8"):
         ingest.ingest(files, "text", P)
     df, summary = ingest.ingest(files, "text", IngestParams(encoding_fallback="latin-1"))

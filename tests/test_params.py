@@ -37,8 +37,10 @@ def test_every_param_key_named_in_dvc_yaml_exists() -> None:
 
 
 def test_dvc_yaml_paths_match_the_declared_paths() -> None:
-    declared = {str(getattr(PATHS, f.name)) for f in dataclasses.fields(PATHS)} - {"metrics",
-                                                                                   "reports"}
+    # checkpoints are the train stage's own, not a DVC output (dvc.yaml says why): git ignores them
+    assert f"/{PATHS.checkpoints}/" in (ROOT / ".gitignore").read_text().splitlines()
+    declared = {str(getattr(PATHS, f.name)) for f in dataclasses.fields(PATHS)} - {
+        "metrics", "reports", str(PATHS.checkpoints)}
     def names(stage: dict, *kinds: str) -> set[str]:
         return {next(iter(e)) if isinstance(e, dict) else e
                 for kind in kinds for e in stage.get(kind, [])}
@@ -67,6 +69,20 @@ def test_dvc_yaml_paths_match_the_declared_paths() -> None:
      "params.yaml: ingest.on_error: Input should be 'fail' or 'skip' (got 'ignore')"),
     ({"model": {"scratch": {"n_embd": 65, "n_head": 2}}},
      "params.yaml: model.scratch: model.scratch.n_embd must be a multiple of model.scratch.n_head"),
+    ({"train": {"max_steps": 10, "warmup_steps": 10}},
+     "params.yaml: train.warmup_steps: 10 warmup steps are not fewer than the 10 training steps "
+     "(train.max_steps)"),
+    ({"train": {"early_stopping_patience": 2, "eval_steps": 10, "save_steps": 25}},
+     "params.yaml: train.save_steps: must be a multiple of train.eval_steps (10) when "
+     "train.early_stopping_patience is set, so that the best evaluated model is in a checkpoint"),
+    ({"model": {"source": "scratch", "scratch": {"n_positions": 128}}, "tokenize": {"block_size": 256}},
+     "params.yaml: tokenize.block_size: 256 is larger than the scratch model's context "
+     "(model.scratch.n_positions: 128)"),
+    ({"split": {"train": 1.0, "val": 0.1, "test": 0.1}},
+     "params.yaml: split.train: Input should be less than 1 (got 1.0)"),
+    ({"tokenize": {"prompt_template": "Q: {question}"}},
+     "params.yaml: tokenize: tokenize.prompt_template must contain {prompt}"),
+    ({"seed": -1}, "params.yaml: seed: Input should be greater than or equal to 0 (got -1)"),
 ])
 def test_bad_params_give_one_line_naming_the_key(raw: dict, expected: str) -> None:
     with pytest.raises(UserError) as err:

@@ -52,5 +52,6 @@ def test_split_with_too_few_records(tmp_path: Path) -> None:
     paths = PATHS.under(tmp_path)
     paths.clean.parent.mkdir(parents=True)
     frame(["only one passage here"]).assign(passage_id="p").to_parquet(paths.clean)
-    with pytest.raises(UserError, match="too few for train/val/test"):
+    with pytest.raises(UserError, match=r"too few: train, val and test need at least one each "
+                                        r"\(got train \d, val \d, test \d\)"):
         split.run(tiny_params(), paths)
