@@ -63,6 +63,15 @@ class CompleteCheckpoints(TrainerCallback):
     """Marks a checkpoint complete after the Trainer saved it, then removes the older ones (but
     not the best one, which early stopping reloads), so one complete checkpoint always exists."""
 
+    def __init__(self, keep_last: bool) -> None:
+        self.keep_last = keep_last
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # The Trainer also checkpoints the last step; unless checkpoints are kept, that is a
+        # model-and-optimizer write that is deleted right after, since models/finetuned follows.
+        if state.global_step >= state.max_steps and not self.keep_last:
+            control.should_save = False
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
             return
@@ -240,7 +249,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         model.enable_input_require_grads()  # frozen embeddings would cut the gradient path
     args = training_args(p, params.seed, device, precision, paths.checkpoints, bool(resume))
     with open_live(paths.train_log) as live:
-        callbacks = [LiveLosses(live), CompleteCheckpoints()]
+        callbacks = [LiveLosses(live), CompleteCheckpoints(p.keep_checkpoints)]
         if p.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,

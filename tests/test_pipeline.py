@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -97,8 +98,16 @@ def project(workspace: Path) -> Path:
     return workspace / "project"
 
 
+SECRET = "hf_" + secrets.token_hex(12)  # made at run time, so no file holds it beforehand
+SECRETS = {"HF_TOKEN": SECRET, "HUGGING_FACE_HUB_TOKEN": SECRET, "WANDB_API_KEY": SECRET,
+           "AWS_SECRET_ACCESS_KEY": SECRET}
+
+
 def test_dvc_repro_end_to_end(project: Path) -> None:
-    first = sh(project, "dvc", "repro")
+    first = sh(project, "dvc", "repro", env=SECRETS)
+    assert SECRET not in first.stdout + first.stderr
+    for path in project.rglob("*"):  # metrics, logs, reports, models, DVC's cache and state
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
     assert stages_run(first.stdout) == {*DATA_STAGES, "train", "evaluate", "report"}
     ev = json.loads((project / "metrics" / "eval.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]

@@ -53,3 +53,16 @@ def test_train_metrics(trained: tuple[Params, Paths]) -> None:
     assert summary["tokens_per_second"] > 0 and math.isfinite(summary["val_loss"])
     again = train.run(params, paths)
     assert again["val_loss"] == summary["val_loss"] and again["train_loss"] == summary["train_loss"]
+
+
+def test_warmup_longer_than_an_epoch_based_run_fails_before_training(
+        trained: tuple[Params, Paths]) -> None:
+    params, paths = trained
+    long_warmup = params.model_copy(update={"train": params.train.model_copy(
+        update={"max_steps": -1, "num_epochs": 1.0, "warmup_steps": 10_000})})
+    written = (paths.finetuned / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"train.warmup_steps: 10000 warmup steps are not fewer "
+                                        r"than the \d+ training steps \(\d+ examples"):
+        train.run(long_warmup, paths)
+    assert (paths.finetuned / "model.safetensors").stat().st_mtime_ns == written
+    assert not paths.checkpoints.exists()
