@@ -84,7 +84,11 @@ def _walk(directory: Path, follow_symlinks: bool) -> list[Path]:
     themselves (for `_link_problem` to judge) unless followed; a loop is entered once."""
     found: list[Path] = []
     seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=follow_symlinks):
+    def unreadable(error: OSError) -> None:
+        raise BadInput("unreadable", f"{error.filename}: cannot be read ({error.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable,
+                                                followlinks=follow_symlinks):
         real = os.path.realpath(dirpath)
         if real in seen:
             dirnames.clear()
@@ -175,12 +179,20 @@ def decode(data: bytes, fallback: str | None) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        if fallback:
-            return data.decode(fallback, errors="strict")
-        line = data.count(b"\n", 0, e.start) + 1
-        raise BadInput("decode_error", f"invalid UTF-8 at byte {e.start}; set "
-                       "ingest.encoding_fallback (e.g. latin-1) if the file uses another encoding",
-                       f"line {line}") from None
+        if not fallback:
+            raise BadInput("decode_error", f"invalid UTF-8 at byte {e.start}; set "
+                           "ingest.encoding_fallback (e.g. latin-1) if the file uses another "
+                           "encoding", _line_of(data, e.start)) from None
+    try:
+        return data.decode(fallback, errors="strict")
+    except UnicodeDecodeError as e:
+        raise BadInput("decode_error", f"neither UTF-8 nor {fallback} (ingest.encoding_fallback): "
+                       f"invalid at byte {e.start}", _line_of(data, e.start)) from None
+
+
+def _line_of(data: bytes, offset: int) -> str:
+    newlines = data.count(b"\n", 0, offset)
+    return f"line {newlines + 1}"
 
 
 class _VisibleText(HTMLParser):
@@ -240,6 +252,8 @@ def json_records(content: str) -> Iterator[tuple[str, Any]]:
         data = json.loads(content)
     except json.JSONDecodeError as e:
         raise BadInput("invalid_json", f"invalid JSON: {e.msg}", f"line {e.lineno}") from None
+    except RecursionError:
+        raise BadInput("invalid_json", "invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise BadInput("not_a_list", f"the top level must be a list of records, "
                        f"not {type(data).__name__}")
@@ -252,9 +266,12 @@ def jsonl_records(content: str) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield f"line {i}", json.loads(line)
+            record: Any = json.loads(line)
         except json.JSONDecodeError as e:
-            yield f"line {i}", BadInput("invalid_json", f"invalid JSON: {e.msg}", f"line {i}")
+            record = BadInput("invalid_json", f"invalid JSON: {e.msg}", f"line {i}")
+        except RecursionError:
+            record = BadInput("invalid_json", "invalid JSON: nested too deeply", f"line {i}")
+        yield f"line {i}", record
 
 
 def frame_records(df: pd.DataFrame, label: str) -> Iterator[tuple[str, Any]]:

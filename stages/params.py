@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import math
 import re
@@ -10,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class UserError(Exception):
@@ -56,6 +64,16 @@ class IngestParams(Section):
     # pairs mode; None means: detect input/output, prompt/response or instruction/input/output
     prompt_field: str | None = None
     response_field: str | None = None
+
+    @field_validator("encoding_fallback")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r} (e.g. latin-1, cp1252)") from None
+        return value
 
 
 class CleanParams(Section):

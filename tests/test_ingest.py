@@ -179,6 +179,10 @@ def test_configured_pair_fields(tmp_path: Path) -> None:
     ("list.jsonl", '{"text": ["a"]}\n', "list.jsonl:line 1: 'text' is list, not text", "wrong_type"),
     ("blank.md", "  \n\n ", "blank.md: the file is empty", "empty_file"),
     ("fake.parquet", b"PAR1 not really", "fake.parquet: not a readable Parquet file", "invalid_parquet"),
+    ("deep.json", "[" * 100_000 + "]" * 100_000, "deep.json: invalid JSON: nested too deeply",
+     "invalid_json"),
+    ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n",
+     "deep.jsonl:line 1: invalid JSON: nested too deeply", "invalid_json"),
     ("empty.txt", "", "empty.txt: the file is empty", "empty_file"),
     ("null.jsonl", '{"text": null}\n', "null.jsonl:line 1: 'text' is empty", "empty_text"),
     ("latin.txt", "caf\xe9".encode("latin-1"), "latin.txt:line 1: invalid UTF-8 at byte 3",
@@ -254,6 +258,13 @@ def test_run_counts_ignored_files_and_fails_when_nothing_is_usable(tmp_path: Pat
                    paths)
 
 
+def test_a_file_in_neither_utf8_nor_the_fallback(tmp_path: Path) -> None:
+    path = write(tmp_path / "odd.txt", "ok\nstill ok\ncaf\xe9".encode("latin-1"))
+    with pytest.raises(UserError, match=r"odd.txt:line 3: neither UTF-8 nor ascii "
+                                        r"\(ingest.encoding_fallback\): invalid at byte 15"):
+        run_ingest([path], p=IngestParams(encoding_fallback="ascii"))
+
+
 def test_bom_is_tolerated_and_fallback_encoding_is_used(tmp_path: Path) -> None:
     bom = write(tmp_path / "bom.txt", "Hello".encode("utf-8-sig"))
     latin = write(tmp_path / "latin.txt", "café".encode("latin-1"))
@@ -279,3 +290,9 @@ def test_shared_corpus_with_one_non_utf8_file() -> None:
         ingest.ingest(files, "text", P)
     df, summary = ingest.ingest(files, "text", IngestParams(encoding_fallback="latin-1"))
     assert summary["skipped"] == 0 and len(df) == len(files)
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(tmp_path: Path) -> None:
+    # os.walk skips unreadable folders without a word by default; ingest reports them
+    with pytest.raises(ingest.BadInput, match="gone: cannot be read"):
+        ingest._walk(tmp_path / "gone", follow_symlinks=False)

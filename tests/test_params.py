@@ -83,6 +83,8 @@ def test_dvc_yaml_paths_match_the_declared_paths() -> None:
     ({"tokenize": {"prompt_template": "Q: {question}"}},
      "params.yaml: tokenize: tokenize.prompt_template must contain {prompt}"),
     ({"seed": -1}, "params.yaml: seed: Input should be greater than or equal to 0 (got -1)"),
+    ({"ingest": {"encoding_fallback": "latin-9x"}},
+     "params.yaml: ingest.encoding_fallback: unknown encoding 'latin-9x' (e.g. latin-1, cp1252)"),
 ])
 def test_bad_params_give_one_line_naming_the_key(raw: dict, expected: str) -> None:
     with pytest.raises(UserError) as err:
