@@ -103,13 +103,14 @@ def _local_model_dir(path: Path) -> Path:
     return Path(path)
 
 
-def load_model(path: Path, device: str = "cpu") -> Any:
+def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
     """A causal LM from a local Hugging Face directory, safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM
 
     path = _local_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=False, dtype="float32"
+        path, use_safetensors=True, trust_remote_code=False, dtype="float32",
+        attn_implementation=attention,
     )
     return model.to(device)
 
@@ -139,6 +140,7 @@ def stage_main(
     argv: list[str] | None = None,
     metrics_name: str | None = None,
     write_metrics: bool = True,
+    pass_params_file: bool = False,
 ) -> None:
     """The thin CLI every stage shares: --params, validation before any work, one-line user
     errors with exit 1, the summary written to metrics/<stage>.json and printed."""
@@ -148,10 +150,15 @@ def stage_main(
     started = time.perf_counter()
     try:
         params = load(args.params)
-        summary = run(params)
+        summary = run(params, params_file=args.params) if pass_params_file else run(params)
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(1)
+    metrics = PATHS.metrics / f"{metrics_name or name}.json"
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker: rank 0 hands the metrics to the launcher
+        if write_metrics and os.environ.get("RANK") == "0":
+            write_json(summary, metrics)
+        return
     if write_metrics:
-        write_json(summary, PATHS.metrics / f"{metrics_name or name}.json")
+        write_json(summary, metrics)
     print(_summary_line(name, summary, time.perf_counter() - started))

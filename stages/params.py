@@ -110,7 +110,25 @@ class TokenizeParams(Section):
         return self
 
 
+class LoraParams(Section):
+    """LoRA adapters (`train.method: lora`), through peft."""
+
+    r: int = Field(8, ge=1, le=4096)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # module names (e.g. [q_proj, v_proj]) or all-linear: every linear layer but the output head
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and not value:
+            raise ValueError("train.lora.target_modules: name at least one module, or all-linear")
+        return value
+
+
 class TrainParams(Section):
+    method: Literal["full", "freeze", "lora"] = "full"
     learning_rate: float = Field(1.0e-4, gt=0, le=1)
     num_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # -1: run num_epochs
@@ -123,7 +141,8 @@ class TrainParams(Section):
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
     ] = "cosine"
     early_stopping_patience: int = Field(0, ge=0)  # 0: off
-    freeze_layers: int = Field(0, ge=0)
+    freeze_layers: int = Field(0, ge=0)  # method freeze: the embeddings and the first N blocks
+    lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = False
     eval_steps: int = Field(10, ge=1)
     logging_steps: int = Field(5, ge=1)
@@ -131,9 +150,20 @@ class TrainParams(Section):
     keep_checkpoints: bool = False  # keep models/checkpoints after a finished run
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tf32: bool = True  # TF32 matmuls on GPUs that have them (Ampere and newer)
+    compile: bool = False  # torch.compile the model
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    num_processes: int = Field(1, ge=1, le=1024)  # >1: torchrun, one process per GPU (or CPU)
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # with num_processes > 1
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
+        if self.method == "freeze" and not self.freeze_layers:
+            raise ValueError("train.freeze_layers: train.method freeze needs the number of "
+                             "blocks to freeze (1 or more)")
+        if self.freeze_layers and self.method != "freeze":
+            raise ValueError(f"train.freeze_layers: {self.freeze_layers} blocks to freeze, but "
+                             f"train.method is {self.method}; set train.method: freeze")
         if self.max_steps > 0 and self.warmup_steps >= self.max_steps:
             raise ValueError(f"train.warmup_steps: {self.warmup_steps} warmup steps are not fewer "
                              f"than the {self.max_steps} training steps (train.max_steps)")

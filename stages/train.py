@@ -8,10 +8,14 @@ it belongs to the same params and inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +143,11 @@ def check_warmup(p: TrainParams, n_examples: int) -> None:
                         f"{p.batch_size}, train.num_epochs {p.num_epochs:g})")
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def open_live(directory: Path) -> Any:
     """A DVCLive logger that writes the loss histories only (no dvc.yaml, no experiment of its
     own: DVC's pipeline and `dvc exp` own those)."""
@@ -179,6 +188,60 @@ def freeze(model: Any, n_layers: int) -> None:
         block.requires_grad_(False)
 
 
+def prepare(model: Any, p: TrainParams) -> Any:
+    """The model to train for `train.method`: every weight (full), all but the embeddings and
+    the first blocks (freeze), or LoRA adapters on top of frozen weights (lora, through peft)."""
+    if p.method == "freeze":
+        freeze(model, p.freeze_layers)
+    elif p.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(task_type="CAUSAL_LM", r=p.lora.r, lora_alpha=p.lora.alpha,
+                            lora_dropout=p.lora.dropout, target_modules=p.lora.target_modules)
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as e:  # e.g. a target module the model does not have
+            raise UserError(f"train.lora.target_modules: {e}") from None
+    if p.gradient_checkpointing and p.method != "full":
+        model.enable_input_require_grads()  # frozen embeddings would cut the gradient path
+    return model
+
+
+def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path) -> None:
+    """models/finetuned: a plain model (LoRA merged in, its adapter kept under lora_adapter/),
+    written by rank 0 only. Every rank takes part in gathering the weights (FSDP shards them)."""
+    state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    if rank() != 0:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with atomic_output(directory) as tmp:
+        if p.method == "lora":
+            model.save_pretrained(tmp / "lora_adapter")
+            model = model.merge_and_unload()
+            state = None
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def speed_options(p: TrainParams, device: str) -> dict[str, Any]:
+    """TrainingArguments for speed: TF32 and fused AdamW on a GPU, torch.compile on request,
+    and the distributed engine when there is more than one process."""
+    import torch
+
+    cuda = device == "cuda"
+    options: dict[str, Any] = {
+        "tf32": p.tf32 if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        "optim": "adamw_torch_fused" if cuda else "adamw_torch",
+        "torch_compile": p.compile,
+    }
+    if p.num_processes > 1:
+        options["ddp_backend"] = "nccl" if cuda else "gloo"
+        if p.distributed == "fsdp":
+            options["fsdp"] = "full_shard auto_wrap"
+            options["fsdp_config"] = {"state_dict_type": "FULL_STATE_DICT"}
+    return options
+
+
 def training_args(p: TrainParams, seed: int, device: str, precision: str, out: Path,
                   resuming: bool = False) -> Any:
     from transformers import TrainingArguments
@@ -200,7 +263,7 @@ def training_args(p: TrainParams, seed: int, device: str, precision: str, out: P
         metric_for_best_model="eval_loss", greater_is_better=False,
         use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",
         include_num_input_tokens_seen="non_padding", report_to="none",
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, **speed_options(p, device),
     )
 
 
@@ -224,46 +287,51 @@ def last(history: list[dict[str, Any]], key: str) -> float | None:
     return next((float(h[key]) for h in reversed(history) if key in h), None)
 
 
-def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
+def resume_for(params: Params, paths: Paths) -> Path | None:
+    """Check the params against the data, then find the checkpoint to resume from (if any)."""
+    import datasets
+
+    check_warmup(params.train, len(datasets.load_from_disk(str(paths.tokenized / "train"))))
+    return resume_point(paths.checkpoints, fingerprint(params, paths))
+
+
+def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, Any]:
     import datasets
     from transformers import EarlyStoppingCallback, Trainer, set_seed
-
 
     p = params.train
     device = pick_device(p.device)
     precision = pick_precision(p.precision, device)
-    train_set = datasets.load_from_disk(str(paths.tokenized / "train"))
-    val_set = datasets.load_from_disk(str(paths.tokenized / "val"))
-    check_warmup(p, len(train_set))
-    resume = resume_point(paths.checkpoints, fingerprint(params, paths))
     tokens_before = 0
     if resume:
         state = json.loads((resume / "trainer_state.json").read_text())
         tokens_before = int(state.get("num_input_tokens_seen", 0))
-        print(f"train: resuming from {resume} (step {checkpoint_step(resume)})")
+        if rank() == 0:
+            print(f"train: resuming from {resume} (step {checkpoint_step(resume)})")
     set_seed(params.seed)
     tokenizer = load_tokenizer(paths.base_model)
-    model = load_model(paths.base_model)
-    freeze(model, p.freeze_layers)
-    if p.gradient_checkpointing and p.freeze_layers:
-        model.enable_input_require_grads()  # frozen embeddings would cut the gradient path
+    model = prepare(load_model(paths.base_model, attention=p.attention), p)
+    train_set = datasets.load_from_disk(str(paths.tokenized / "train"))
+    val_set = datasets.load_from_disk(str(paths.tokenized / "val"))
     args = training_args(p, params.seed, device, precision, paths.checkpoints, bool(resume))
-    with open_live(paths.train_log) as live:
-        callbacks = [LiveLosses(live), CompleteCheckpoints(p.keep_checkpoints)]
+    with open_live(paths.train_log) if rank() == 0 else contextlib.nullcontext() as live:
+        callbacks: list[Any] = [CompleteCheckpoints(p.keep_checkpoints)]
+        if live is not None:
+            callbacks.append(LiveLosses(live))
         if p.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                           data_collator=collator(tokenizer), callbacks=callbacks)
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate()  # logged to DVCLive by LiveLosses, like the others
-    with atomic_output(paths.finetuned) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    if not p.keep_checkpoints:
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    save_finetuned(trainer, tokenizer, p, paths.finetuned)
+    if not p.keep_checkpoints and rank() == 0:
         remove(paths.checkpoints)
     runtime = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
+        "method": p.method,
         "train_loss": last(trainer.state.log_history, "loss"),
         "val_loss": float(final_eval["eval_loss"]),
         "steps": trainer.state.global_step,
@@ -272,13 +340,43 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         # of this session: a resumed run counts only the tokens it trained on itself
         "tokens_per_second": round((tokens - tokens_before) / runtime, 2) if runtime else None,
         "train_seconds": round(runtime, 2),
-        "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "trainable_parameters": trainable,
+        "processes": p.num_processes,
         "env": environment(device, precision),
     }
 
 
+RESUME_ENV = "FINETUNE_RESUME_FROM"  # the launcher's resume decision, handed to every worker
+
+
+def launch(params: Params, paths: Paths, params_file: str) -> dict[str, Any]:
+    """`train.num_processes` > 1: this stage again under torchrun, one process per GPU (or CPU
+    process), DDP or FSDP. The launcher settles the checkpoints first, so the workers agree on
+    where to resume; rank 0 writes the model and metrics/train.json, which are returned here."""
+    metrics = paths.metrics / "train.json"
+    remove(metrics)  # what rank 0 writes, not a stale file, is the result
+    resume = resume_for(params, paths)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={params.train.num_processes}", "-m", "stages.train",
+               "--params", params_file]
+    env = {**os.environ, RESUME_ENV: str(resume or "")}
+    if subprocess.run(command, env=env).returncode != 0 or not metrics.is_file():
+        raise UserError(f"train: the {params.train.num_processes} torchrun processes failed "
+                        "(their errors are above)")
+    return json.loads(metrics.read_text())
+
+
+def run(params: Params, paths: Paths = PATHS, params_file: str = "params.yaml") -> dict[str, Any]:
+    if "LOCAL_RANK" in os.environ:  # a torchrun worker: the launcher chose the checkpoint
+        resume = os.environ.get(RESUME_ENV)
+        return train_model(params, paths, Path(resume) if resume else None)
+    if params.train.num_processes > 1:
+        return launch(params, paths, params_file)
+    return train_model(params, paths, resume_for(params, paths))
+
+
 def main(argv: list[str] | None = None) -> None:
-    stage_main("train", run, argv)
+    stage_main("train", run, argv, pass_params_file=True)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from stages import train
 from stages.io import load_model
-from stages.params import Params, Paths, UserError
+from stages.params import PATHS, Params, Paths, UserError, parse
+from tests.conftest import ROOT
 
 
 def test_freeze_layers_freezes_embeddings_and_first_blocks() -> None:
@@ -66,3 +75,84 @@ def test_warmup_longer_than_an_epoch_based_run_fails_before_training(
         train.run(long_warmup, paths)
     assert (paths.finetuned / "model.safetensors").stat().st_mtime_ns == written
     assert not paths.checkpoints.exists()
+
+
+def with_train(params: Params, **train_values: object) -> Params:
+    raw = params.model_dump()
+    raw["train"].update(train_values)
+    return Params.model_validate(raw)
+
+
+def outputs_under(paths: Paths, root: Path) -> Paths:
+    """The trained fixture's inputs, with this test's own outputs."""
+    return dataclasses.replace(paths, finetuned=root / "finetuned", train_log=root / "log",
+                               checkpoints=root / "checkpoints", metrics=root / "metrics")
+
+
+@pytest.mark.parametrize(("values", "expect_changed"), [
+    ({"method": "full"}, lambda name: True),
+    ({"method": "freeze", "freeze_layers": 1},
+     lambda name: not name.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.",
+                                       "lm_head"))),  # GPT-2's output head is the tied wte
+    ({"method": "lora", "lora": {"r": 4, "target_modules": ["c_attn"]}},
+     lambda name: name.endswith("attn.c_attn.weight")),
+])
+def test_each_method_changes_exactly_the_intended_weights(
+        trained: tuple[Params, Paths], tmp_path: Path, values: dict, expect_changed: object) -> None:
+    params, paths = trained
+    out = outputs_under(paths, tmp_path)
+    summary = train.run(with_train(params, **values), out)
+    base = load_model(paths.base_model).state_dict()
+    tuned = load_model(out.finetuned).state_dict()
+    assert base.keys() == tuned.keys()
+    changed = {name for name in base if not torch.equal(base[name], tuned[name])}
+    assert changed == {name for name in base if expect_changed(name)}
+    model = load_model(paths.base_model)
+    if values["method"] == "freeze":
+        train.freeze(model, 1)
+    expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if values["method"] == "lora":  # two blocks, r x (64 in + 192 out) each
+        expected = 2 * 4 * (64 + 192)
+        assert (out.finetuned / "lora_adapter" / "adapter_model.safetensors").is_file()
+        assert not (out.finetuned / "adapter_config.json").exists(), "a plain model on top"
+    assert summary["trainable_parameters"] == expected and summary["method"] == values["method"]
+
+
+def test_methods_and_their_params_must_agree() -> None:
+    with pytest.raises(UserError, match="train.freeze_layers: train.method freeze needs"):
+        parse({"train": {"method": "freeze"}})
+    with pytest.raises(UserError, match="train.freeze_layers: 2 blocks to freeze, but train.method "
+                                        "is full"):
+        parse({"train": {"freeze_layers": 2}})
+    with pytest.raises(UserError, match="train.lora.target_modules: name at least one module"):
+        parse({"train": {"method": "lora", "lora": {"target_modules": []}}})
+
+
+def project_with(params: Params, paths: Paths, root: Path) -> Path:
+    """A project folder with the trained fixture's inputs, for running the stage as a command."""
+    for name in ("base_model", "tokenized"):
+        shutil.copytree(getattr(paths, name), root / getattr(PATHS, name))
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    return root
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_like_one_with_the_same_effective_batch(
+        trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    params, paths = trained
+    runs = {}
+    for processes, batch in ((1, 4), (2, 2)):
+        root = project_with(with_train(params, num_processes=processes, batch_size=batch),
+                            paths, tmp_path / f"p{processes}")
+        done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, text=True,
+                              capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("train: method=") == 1, "one summary, from the launcher"
+        assert (root / PATHS.finetuned / "model.safetensors").is_file()
+        assert not list((root / "models").glob(".finetuned.*")), "saved once, nothing left over"
+        runs[processes] = json.loads((root / "metrics" / "train.json").read_text())
+    one, two = runs[1], runs[2]
+    assert two["processes"] == 2 and two["steps"] == one["steps"] == 4
+    assert two["tokens"] == one["tokens"], "the same number of tokens per optimizer step"
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.02)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
