@@ -84,7 +84,8 @@ def _walk(directory: Path, follow_symlinks: bool) -> list[Path]:
     themselves (for `_link_problem` to judge) unless followed; a loop is entered once."""
     found: list[Path] = []
     seen: set[str] = set()
-    def unreadable(error: OSError) -> None:
+
+    def unreadable(error: OSError) -> None:  # os.walk would skip the folder without a word
         raise BadInput("unreadable", f"{error.filename}: cannot be read ({error.strerror})")
 
     for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable,
