@@ -79,14 +79,16 @@ def _root(entry: str) -> Path:
     return Path(*literal) if literal else Path(".")
 
 
-def _walk(directory: Path, follow_symlinks: bool) -> list[Path]:
+def _walk(directory: Path, follow_symlinks: bool) -> list[Path | BadInput]:
     """Files below a directory, sorted, hidden ones left out. Symlinked directories are listed
-    themselves (for `_link_problem` to judge) unless followed; a loop is entered once."""
-    found: list[Path] = []
+    themselves (for `_link_problem` to judge) unless followed; a loop is entered once. A folder
+    that cannot be listed is a BadInput in the list (os.walk would skip it without a word)."""
+    found: list[Path | BadInput] = []
     seen: set[str] = set()
 
-    def unreadable(error: OSError) -> None:  # os.walk would skip the folder without a word
-        raise BadInput("unreadable", f"{error.filename}: cannot be read ({error.strerror})")
+    def unreadable(error: OSError) -> None:
+        found.append(BadInput("unreadable", f"cannot be read ({error.strerror})",
+                              str(error.filename)))
 
     for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable,
                                                 followlinks=follow_symlinks):
@@ -118,7 +120,7 @@ def _link_problem(path: Path, roots: list[Path] | None, follow_symlinks: bool) -
     return None
 
 
-def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path]:
+def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path | BadInput]:
     """Every path an ingest.paths entry names: the file, the files below the directory, or the
     glob's matches (and the files below matched directories)."""
     path = Path(entry)
@@ -153,6 +155,9 @@ def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[l
             continue
         usable, reported = 0, problems.total()
         for path in candidates:
+            if isinstance(path, BadInput):  # a folder that cannot be listed
+                problems(path.where, BadInput(path.reason, str(path)))
+                continue
             # a file named on its own may point anywhere; one found in a directory may not
             problem = _link_problem(path, None if path == Path(entry) else roots, p.follow_symlinks)
             if problem:
@@ -253,6 +258,8 @@ def json_records(content: str) -> Iterator[tuple[str, Any]]:
         data = json.loads(content)
     except json.JSONDecodeError as e:
         raise BadInput("invalid_json", f"invalid JSON: {e.msg}", f"line {e.lineno}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise BadInput("invalid_json", f"invalid JSON: {e}") from None
     except RecursionError:
         raise BadInput("invalid_json", "invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
@@ -270,6 +277,8 @@ def jsonl_records(content: str) -> Iterator[tuple[str, Any]]:
             record: Any = json.loads(line)
         except json.JSONDecodeError as e:
             record = BadInput("invalid_json", f"invalid JSON: {e.msg}", f"line {i}")
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            record = BadInput("invalid_json", f"invalid JSON: {e}", f"line {i}")
         except RecursionError:
             record = BadInput("invalid_json", "invalid JSON: nested too deeply", f"line {i}")
         yield f"line {i}", record

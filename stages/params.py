@@ -70,9 +70,11 @@ class IngestParams(Section):
     def _known_encoding(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                codecs.lookup(value)
+                text_encoding = codecs.lookup(value)._is_text_encoding  # not base64, rot13, ...
             except LookupError:
-                raise ValueError(f"unknown encoding {value!r} (e.g. latin-1, cp1252)") from None
+                text_encoding = False
+            if not text_encoding:
+                raise ValueError(f"unknown encoding {value!r} (e.g. latin-1, cp1252)")
         return value
 
 
@@ -167,10 +169,13 @@ class TrainParams(Section):
         if self.max_steps > 0 and self.warmup_steps >= self.max_steps:
             raise ValueError(f"train.warmup_steps: {self.warmup_steps} warmup steps are not fewer "
                              f"than the {self.max_steps} training steps (train.max_steps)")
-        if self.early_stopping_patience and self.save_steps % self.eval_steps:
-            raise ValueError(f"train.save_steps: must be a multiple of train.eval_steps "
-                             f"({self.eval_steps}) when train.early_stopping_patience is set, so "
-                             "that the best evaluated model is in a checkpoint")
+        if self.early_stopping_patience and self.save_steps != self.eval_steps:
+            raise ValueError(f"train.save_steps: must equal train.eval_steps ({self.eval_steps}) "
+                             "when train.early_stopping_patience is set, so that every evaluated "
+                             "model, the best included, is in a checkpoint")
+        if self.method == "lora" and self.num_processes > 1 and self.distributed == "fsdp":
+            raise ValueError("train.distributed: fsdp with train.method lora is not supported; "
+                             "use ddp (LoRA's few trainable weights need no sharding)")
         return self
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -71,12 +72,18 @@ class CompleteCheckpoints(TrainerCallback):
         self.keep_last = keep_last
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # The Trainer also checkpoints the last step; unless checkpoints are kept, that is a
-        # model-and-optimizer write that is deleted right after, since models/finetuned follows.
-        if state.global_step >= state.max_steps and not self.keep_last:
+        # The Trainer also checkpoints the last step; unless checkpoints are kept (or early
+        # stopping may pick that step as the best), that is a model-and-optimizer write that is
+        # deleted right after, since models/finetuned follows.
+        last = state.global_step >= state.max_steps
+        if last and not self.keep_last and not args.load_best_model_at_end:
             control.should_save = False
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank has written its part (its RNG state) before the mark
         if not state.is_world_process_zero:
             return
         current = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -94,6 +101,9 @@ def fingerprint(params: Params, paths: Paths) -> str:
     bytes of the base model and of the train and val sets."""
     digest = hashlib.sha256(params.train.model_dump_json(exclude=NOT_IN_FINGERPRINT).encode())
     digest.update(str(params.seed).encode())
+    digest.update(Path(__file__).read_bytes())  # this code, and the libraries it drives
+    for library in ("torch", "transformers", "peft", "accelerate"):
+        digest.update(importlib.metadata.version(library).encode())
     for root in (paths.base_model, paths.tokenized / "train", paths.tokenized / "val"):
         for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
             digest.update(path.relative_to(root).as_posix().encode())
@@ -108,10 +118,12 @@ def checkpoint_step(path: Path) -> int:
 
 
 def resume_point(directory: Path, run_id: str) -> Path | None:
-    """The last complete checkpoint of this same run, if there is one. Checkpoints of another run
-    (other params or inputs) and incomplete ones (killed mid-save) are removed."""
+    """The last complete checkpoint of this same unfinished run, if there is one. Checkpoints of
+    another run (other params, inputs or code), of a finished run (kept by keep_checkpoints), and
+    incomplete ones (killed mid-save) are removed."""
     try:
-        same_run = json.loads((directory / RUN_FILE).read_text())["fingerprint"] == run_id
+        run = json.loads((directory / RUN_FILE).read_text())
+        same_run = run["fingerprint"] == run_id and not run.get("finished")
     except (OSError, ValueError, KeyError, TypeError):
         same_run = False
     if not same_run:
@@ -131,7 +143,8 @@ def total_steps(p: TrainParams, n_examples: int) -> int:
     """The optimizer steps the Trainer will take for this many training examples."""
     if p.max_steps > 0:
         return p.max_steps
-    per_epoch = math.ceil(math.ceil(n_examples / p.batch_size) / p.gradient_accumulation_steps)
+    batches = math.ceil(n_examples / (p.batch_size * p.num_processes))  # per process
+    per_epoch = math.ceil(batches / p.gradient_accumulation_steps)
     return math.ceil(p.num_epochs * per_epoch)
 
 
@@ -326,8 +339,11 @@ def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, 
         final_eval = trainer.evaluate()  # logged to DVCLive by LiveLosses, like the others
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     save_finetuned(trainer, tokenizer, p, paths.finetuned)
-    if not p.keep_checkpoints and rank() == 0:
+    if rank() == 0 and not p.keep_checkpoints:
         remove(paths.checkpoints)
+    elif rank() == 0:  # kept for inspection or further training, never resumed by this stage
+        run = json.loads((paths.checkpoints / RUN_FILE).read_text())
+        write_json({**run, "finished": True}, paths.checkpoints / RUN_FILE)
     runtime = result.metrics["train_runtime"]
     tokens = int(trainer.state.num_input_tokens_seen)
     return {
@@ -367,7 +383,7 @@ def launch(params: Params, paths: Paths, params_file: str) -> dict[str, Any]:
 
 
 def run(params: Params, paths: Paths = PATHS, params_file: str = "params.yaml") -> dict[str, Any]:
-    if "LOCAL_RANK" in os.environ:  # a torchrun worker: the launcher chose the checkpoint
+    if RESUME_ENV in os.environ:  # a torchrun worker: the launcher chose the checkpoint
         resume = os.environ.get(RESUME_ENV)
         return train_model(params, paths, Path(resume) if resume else None)
     if params.train.num_processes > 1:

@@ -181,6 +181,8 @@ def test_configured_pair_fields(tmp_path: Path) -> None:
     ("fake.parquet", b"PAR1 not really", "fake.parquet: not a readable Parquet file", "invalid_parquet"),
     ("deep.json", "[" * 100_000 + "]" * 100_000, "deep.json: invalid JSON: nested too deeply",
      "invalid_json"),
+    ("huge.jsonl", '{"text": ' + "9" * 5000 + "}\n", "huge.jsonl:line 1: invalid JSON: Exceeds",
+     "invalid_json"),
     ("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n",
      "deep.jsonl:line 1: invalid JSON: nested too deeply", "invalid_json"),
     ("empty.txt", "", "empty.txt: the file is empty", "empty_file"),
@@ -294,5 +296,6 @@ def test_shared_corpus_with_one_non_utf8_file() -> None:
 
 def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(tmp_path: Path) -> None:
     # os.walk skips unreadable folders without a word by default; ingest reports them
-    with pytest.raises(ingest.BadInput, match="gone: cannot be read"):
-        ingest._walk(tmp_path / "gone", follow_symlinks=False)
+    [problem] = ingest._walk(tmp_path / "gone", follow_symlinks=False)
+    assert isinstance(problem, ingest.BadInput) and problem.reason == "unreadable"
+    assert problem.where == str(tmp_path / "gone") and "cannot be read" in str(problem)

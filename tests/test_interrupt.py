@@ -86,13 +86,18 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
         update={"save_steps": 2, "keep_checkpoints": True})})
     train.run(keep, paths)
     assert sorted(c.name for c in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
+    run_file = paths.checkpoints / train.RUN_FILE
+    assert json.loads(run_file.read_text())["finished"], "kept, but never resumed"
+    assert train.run(keep, paths)["resumed_from_step"] == 0  # a finished run: started afresh
     changed = keep.model_copy(update={"train": keep.train.model_copy(
         update={"learning_rate": 5.0e-4})})
+    run_file.write_text(json.dumps({"fingerprint": train.fingerprint(keep, paths)}))  # unfinished
     summary = train.run(changed, paths)
     assert summary["resumed_from_step"] == 0  # other params: started afresh
+    run_file.write_text(json.dumps({"fingerprint": train.fingerprint(changed, paths)}))
     (paths.checkpoints / "checkpoint-4" / train.COMPLETE).unlink()  # as if killed mid-save
     assert train.resume_point(paths.checkpoints, train.fingerprint(changed, paths)) is None
-    assert not (paths.checkpoints / "checkpoint-4").exists()
+    assert not (paths.checkpoints / "checkpoint-4").exists() and run_file.is_file()
     train.run(params, paths)
     assert not paths.checkpoints.exists()
 

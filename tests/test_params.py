@@ -72,9 +72,15 @@ def test_dvc_yaml_paths_match_the_declared_paths() -> None:
     ({"train": {"max_steps": 10, "warmup_steps": 10}},
      "params.yaml: train.warmup_steps: 10 warmup steps are not fewer than the 10 training steps "
      "(train.max_steps)"),
-    ({"train": {"early_stopping_patience": 2, "eval_steps": 10, "save_steps": 25}},
-     "params.yaml: train.save_steps: must be a multiple of train.eval_steps (10) when "
-     "train.early_stopping_patience is set, so that the best evaluated model is in a checkpoint"),
+    ({"train": {"early_stopping_patience": 2, "eval_steps": 10, "save_steps": 20}},
+     "params.yaml: train.save_steps: must equal train.eval_steps (10) when "
+     "train.early_stopping_patience is set, so that every evaluated model, the best included, "
+     "is in a checkpoint"),
+    ({"train": {"method": "lora", "num_processes": 2, "distributed": "fsdp"}},
+     "params.yaml: train.distributed: fsdp with train.method lora is not supported; use ddp "
+     "(LoRA's few trainable weights need no sharding)"),
+    ({"ingest": {"encoding_fallback": "base64"}},
+     "params.yaml: ingest.encoding_fallback: unknown encoding 'base64' (e.g. latin-1, cp1252)"),
     ({"model": {"source": "scratch", "scratch": {"n_positions": 128}}, "tokenize": {"block_size": 256}},
      "params.yaml: tokenize.block_size: 256 is larger than the scratch model's context "
      "(model.scratch.n_positions: 128)"),
