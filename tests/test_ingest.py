@@ -299,3 +299,12 @@ def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(tmp_pat
     [problem] = ingest._walk(tmp_path / "gone", follow_symlinks=False)
     assert isinstance(problem, ingest.BadInput) and problem.reason == "unreadable"
     assert problem.where == str(tmp_path / "gone") and "cannot be read" in str(problem)
+
+
+def test_a_dangling_symlink_is_reported(tmp_path: Path) -> None:
+    write(tmp_path / "data" / "book.txt", "the book")
+    symlink(tmp_path / "data" / "gone.txt", tmp_path / "nowhere.txt")
+    with pytest.raises(UserError, match="gone.txt: a symlink to .*nowhere.txt, which does not exist"):
+        discover([str(tmp_path / "data")])
+    files, problems = discover([str(tmp_path / "data")], SKIP)
+    assert [f.name for f in files] == ["book.txt"] and problems.skipped == {"broken_symlink": 1}
