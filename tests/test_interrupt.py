@@ -18,7 +18,7 @@ import yaml
 from stages import clean, ingest, tokenize, train
 from stages.params import PATHS, Params
 from tests.conftest import BOOK_A, BOOK_B, ROOT, run_data_stages, tiny_params
-from tests.test_pipeline import BIN, GIT_ENV, TINY, merge, project_files, sh
+from tests.test_pipeline import BIN, GIT_ENV, sh, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,7 @@ def kill_when(process: subprocess.Popen, ready: callable, timeout: float = 300) 
 @pytest.fixture
 def resumable(tmp_path: Path) -> Path:
     """This project in a fresh git repository, with tiny params and a checkpoint every 10 steps."""
-    repo = tmp_path / "project"
-    for name in project_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_bytes((ROOT / name).read_bytes())
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(merge(params, TINY), RESUMABLE),
-                                                     sort_keys=False))
-    sh(repo, "git", "init", "-q", "-b", "main")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "tiny project")
-    return repo
+    return tiny_project(tmp_path / "project", RESUMABLE)
 
 
 def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(

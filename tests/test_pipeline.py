@@ -74,22 +74,29 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def tiny_project(repo: Path, overrides: dict | None = None) -> Path:
+    """A copy of this repository in its own git repository (one commit), with the TINY params
+    and `overrides` merged into params.yaml."""
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, overrides or {}),
+                                                     sort_keys=False))
+    sh(repo, "git", "init", "-q", "-b", "main")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny project")
+    return repo
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the project (`project/`, a copy of this repository with tiny params) pushed
     to a bare git `origin.git`; the project's default DVC remote is `dvc-storage/` beside it."""
     top = tmp_path_factory.mktemp("workspace")
-    repo = top / "project"
-    for name in project_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
     sh(top, "git", "init", "-q", "--bare", "-b", "main", "origin.git")
-    sh(repo, "git", "init", "-q", "-b", "main")
+    repo = tiny_project(top / "project")
     sh(repo, "git", "remote", "add", "origin", str(top / "origin.git"))
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "tiny project")
     return top
 
 
