@@ -17,7 +17,9 @@ def paragraphs(seed: int = 0) -> list[str]:
     pool: list[str] = []
     for path in sorted(SHARED.glob("*/*.txt")):
         text = path.read_bytes().decode("utf-8", errors="replace")
-        pool += [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
+        # paragraphs that clean keeps whole (clean.max_chars 2000): a longer one is cut into
+        # sentences, and the pieces without the unique mark below would be dropped as duplicates
+        pool += [p.strip() for p in text.split("\n\n") if 40 < len(p.strip()) <= 1800]
     if not pool:
         rng = random.Random(seed)
         pool = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 120))).capitalize() + "."

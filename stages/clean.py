@@ -4,16 +4,28 @@ at most `clean.max_chars` cut on paragraph boundaries. Params: `mode`, `clean`."
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from stages.io import read_parquet, stage_main, write_parquet
+from stages.io import (
+    ordered_map,
+    parquet_rows,
+    parquet_sink,
+    read_row_group,
+    row_groups,
+    stage_main,
+    string_schema,
+    workers,
+)
 from stages.params import PATHS, CleanParams, Params, Paths, UserError
 
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
@@ -85,33 +97,51 @@ def passages(text: str, max_chars: int) -> list[str]:
     return out
 
 
-def clean_text_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Counter[str]]:
+COLUMNS = {"text": ("doc_id", "passage_id", "source", "title", "text"),
+           "pairs": ("doc_id", "passage_id", "source", "prompt", "response")}
+KEY = {"text": ("text",), "pairs": ("prompt", "response")}  # what makes two rows duplicates
+
+
+class Seen:
+    """Exact-duplicate filter over a whole corpus: it keeps a 16-byte digest per row, not the
+    text, so 2 GB of passages cost tens of MB."""
+
+    def __init__(self) -> None:
+        self.digests: set[bytes] = set()
+
+    def first(self, *parts: str) -> bool:
+        """True the first time these texts are seen (parts are joined by NUL, which clean removes)."""
+        digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=16).digest()
+        if digest in self.digests:
+            return False
+        self.digests.add(digest)
+        return True
+
+
+def text_passages(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each document normalised and cut into passages; empty and short ones dropped and counted."""
     rows: list[dict[str, str]] = []
     dropped: Counter[str] = Counter()
-    seen: set[str] = set()
     for record in df.itertuples(index=False):
         text = strip_gutenberg(record.text) if p.strip_gutenberg else record.text
         text = normalize(text)
         if not text:
             dropped["empty"] += 1
             continue
+        title = normalize(record.title)
         for i, passage in enumerate(passages(text, p.max_chars)):
             if len(passage) < p.min_chars:
                 dropped["too_short"] += 1
-            elif p.dedupe and passage in seen:
-                dropped["duplicate"] += 1
             else:
-                seen.add(passage)
                 rows.append({"doc_id": record.doc_id, "passage_id": f"{record.doc_id}-{i:05d}",
-                             "source": record.source, "title": normalize(record.title),
-                             "text": passage})
-    return pd.DataFrame(rows, columns=["doc_id", "passage_id", "source", "title", "text"]), dropped
+                             "source": record.source, "title": title, "text": passage})
+    return rows, dropped
 
 
-def clean_pair_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Counter[str]]:
+def pair_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each pair normalised; empty, short and over-long ones dropped and counted."""
     rows: list[dict[str, str]] = []
     dropped: Counter[str] = Counter()
-    seen: set[tuple[str, str]] = set()
     for record in df.itertuples(index=False):
         prompt, response = normalize(record.prompt), normalize(record.response)
         size = len(prompt) + len(response)
@@ -121,30 +151,74 @@ def clean_pair_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Cou
             dropped["too_short"] += 1
         elif size > p.max_chars:
             dropped["too_long"] += 1
-        elif p.dedupe and (prompt, response) in seen:
-            dropped["duplicate"] += 1
         else:
-            seen.add((prompt, response))
             rows.append({"doc_id": record.doc_id, "passage_id": record.doc_id,
                          "source": record.source, "prompt": prompt, "response": response})
-    columns = ["doc_id", "passage_id", "source", "prompt", "response"]
-    return pd.DataFrame(rows, columns=columns), dropped
+    return rows, dropped
+
+
+def first_seen(rows: list[dict[str, str]], mode: str, seen: Seen, dropped: Counter[str]
+               ) -> list[dict[str, str]]:
+    """The rows whose text `seen` has not met before; the others are counted as duplicates."""
+    kept = [row for row in rows if seen.first(*(row[k] for k in KEY[mode]))]
+    dropped["duplicate"] += len(rows) - len(kept)
+    return kept
+
+
+def clean_rows(df: pd.DataFrame, mode: str, p: CleanParams, seen: Seen | None = None
+               ) -> tuple[list[dict[str, str]], Counter[str]]:
+    """One batch of ingested rows cleaned; `seen` carries duplicate removal across batches."""
+    rows, dropped = (pair_records if mode == "pairs" else text_passages)(df, p)
+    if p.dedupe:
+        rows = first_seen(rows, mode, seen if seen is not None else Seen(), dropped)
+    return rows, +dropped
+
+
+def clean_text_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Counter[str]]:
+    rows, dropped = clean_rows(df, "text", p)
+    return pd.DataFrame(rows, columns=list(COLUMNS["text"])), dropped
+
+
+def clean_pair_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Counter[str]]:
+    rows, dropped = clean_rows(df, "pairs", p)
+    return pd.DataFrame(rows, columns=list(COLUMNS["pairs"])), dropped
+
+
+def _clean_group(task: tuple[Path, int, str, CleanParams]
+                 ) -> tuple[list[dict[str, str]], Counter[str], int]:
+    """One row group of ingested.parquet in a worker: the cleaned rows before duplicate removal
+    (which needs the whole corpus, so the caller does it in order)."""
+    path, index, mode, p = task
+    df = read_row_group(path, index).to_pandas()
+    rows, dropped = (pair_records if mode == "pairs" else text_passages)(df, p)
+    return rows, dropped, len(df)
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
-    df = read_parquet(paths.ingested)
-    clean = clean_pair_rows if params.mode == "pairs" else clean_text_rows
-    out, dropped = clean(df, params.clean)
-    if out.empty:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
-        raise UserError(f"clean: all {len(df)} records were dropped ({reasons}); check the "
-                        "input or loosen clean.min_chars / clean.max_chars")
-    write_parquet(out, paths.clean)
-    text_cols = ["prompt", "response"] if params.mode == "pairs" else ["text"]
-    return {"records_in": len(df), "records_out": len(out),
-            "documents_out": int(out["doc_id"].nunique()),
-            "chars_out": int(sum(out[c].str.len().sum() for c in text_cols)),
-            "dropped": sum(dropped.values()), "dropped_by_reason": dict(sorted(dropped.items()))}
+    """ingested.parquet to clean.parquet one row group at a time, `num_proc` groups at once."""
+    p, mode = params.clean, params.mode
+    tasks = [(paths.ingested, i, mode, p) for i in range(row_groups(paths.ingested))]
+    seen, dropped = Seen(), Counter[str]()
+    records_in, chars_out, documents = 0, 0, set()
+    total = parquet_rows(paths.ingested)
+    progress = tqdm(desc="clean", unit="record", unit_scale=True, total=total, disable=total < 1000)
+    with parquet_sink(paths.clean, string_schema(COLUMNS[mode])) as sink, progress:
+        for rows, group_dropped, n_in in ordered_map(_clean_group, tasks, workers(params.num_proc)):
+            progress.update(n_in)
+            dropped.update(group_dropped)
+            if p.dedupe:
+                rows = first_seen(rows, mode, seen, dropped)
+            sink.add(rows)
+            records_in += n_in
+            documents.update(row["doc_id"] for row in rows)
+            chars_out += sum(len(row[k]) for row in rows for k in KEY[mode])
+        if not sink.rows:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()) if n)
+            raise UserError(f"clean: all {records_in} records were dropped ({reasons}); check the "
+                            "input or loosen clean.min_chars / clean.max_chars")
+    return {"records_in": records_in, "records_out": sink.rows, "documents_out": len(documents),
+            "chars_out": chars_out, "dropped": sum(dropped.values()),
+            "dropped_by_reason": {k: v for k, v in sorted(dropped.items()) if v}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from stages.io import stage_main, write_parquet
+from stages.io import ordered_map, parquet_sink, stage_main, string_schema, workers
 from stages.params import PATHS, IngestParams, Params, Paths, UserError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
@@ -449,32 +449,61 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
     return rows, len(data)
 
 
+COLUMNS = {"text": ("doc_id", "source", "title", "text"),
+           "pairs": ("doc_id", "source", "prompt", "response")}
+
+
+def _read_file(task: tuple[Path, str, IngestParams]) -> tuple[list[dict[str, str]], int, Counter[str]]:
+    """One file in a worker: its rows, its size, and what was skipped (fail mode raises)."""
+    path, mode, p = task
+    problems = Problems(p.on_error)
+    rows, size = file_rows(path, mode, p, problems)
+    return rows, size, problems.skipped
+
+
+def read_files(files: list[Path], mode: str, p: IngestParams, problems: Problems,
+               num_proc: int = 1) -> Iterator[tuple[list[dict[str, str]], int]]:
+    """The rows and size of each file, in order, parsed by `num_proc` processes. Only the files
+    in flight are in memory; the first bad input (in file order) ends it in fail mode."""
+    tasks = [(path, mode, p) for path in files]
+    results = ordered_map(_read_file, tasks, num_proc)
+    for rows, size, skipped in tqdm(results, desc="ingest", unit="file", total=len(files),
+                                    disable=len(files) < 50):
+        problems.skipped.update(skipped)
+        yield rows, size
+
+
+def _summary(files: list[Path], records: int, n_bytes: int, problems: Problems) -> dict[str, Any]:
+    return {"files": len(files), "records": records, "bytes": n_bytes,
+            "skipped": problems.total(), "skipped_by_reason": dict(sorted(problems.skipped.items()))}
+
+
 def ingest(files: list[Path], mode: str, p: IngestParams, problems: Problems | None = None
            ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """All rows of all files; bad ones raise a UserError (`on_error: fail`) or are counted."""
+    """All rows of all files in one frame (for small inputs: `run` streams to disk instead)."""
     problems = problems or Problems(p.on_error)
     rows: list[dict[str, str]] = []
     n_bytes = 0
-    for path in tqdm(files, desc="ingest", unit="file", disable=len(files) < 50):
-        found, size = file_rows(path, mode, p, problems)
+    for found, size in read_files(files, mode, p, problems):
         rows += found
         n_bytes += size
-    columns = ["doc_id", "source", *(("prompt", "response") if mode == "pairs" else ("title", "text"))]
-    summary = {"files": len(files), "records": len(rows), "bytes": n_bytes,
-               "skipped": problems.total(),
-               "skipped_by_reason": dict(sorted(problems.skipped.items()))}
-    return pd.DataFrame(rows, columns=columns), summary
+    return pd.DataFrame(rows, columns=list(COLUMNS[mode])), _summary(files, len(rows), n_bytes, problems)
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
+    """Files to data/interim/ingested.parquet, written in row groups as they are read."""
     problems = Problems(params.ingest.on_error)
     files, ignored = discover(params.ingest.paths, params.ingest, problems)
-    df, summary = ingest(files, params.mode, params.ingest, problems)
-    if df.empty:
-        raise UserError(f"ingest.paths: no usable records in {len(files)} file(s) "
-                        f"(skipped: {summary['skipped_by_reason'] or 'none'})")
-    write_parquet(df, paths.ingested)
-    return {**summary, "ignored_files": ignored}
+    n_bytes = 0
+    with parquet_sink(paths.ingested, string_schema(COLUMNS[params.mode])) as sink:
+        for rows, size in read_files(files, params.mode, params.ingest, problems,
+                                     workers(params.num_proc)):
+            sink.add(rows)
+            n_bytes += size
+        if not sink.rows:
+            raise UserError(f"ingest.paths: no usable records in {len(files)} file(s) "
+                            f"(skipped: {dict(sorted(problems.skipped.items())) or 'none'})")
+    return {**_summary(files, sink.rows, n_bytes, problems), "ignored_files": ignored}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import multiprocessing
 import os
+import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stages.params import PATHS, Params, UserError, load
 
@@ -58,10 +64,109 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
         df.to_parquet(tmp, index=False)
 
 
-def read_parquet(path: Path) -> pd.DataFrame:
+def _existing(path: Path) -> Path:
     if not Path(path).exists():
         raise UserError(f"{path}: missing; run the stages before this one (uv run dvc repro)")
-    return pd.read_parquet(path)
+    return Path(path)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(_existing(path))
+
+
+def row_groups(path: Path) -> int:
+    """How many row groups a Parquet file has: the unit the data stages stream by."""
+    return pq.ParquetFile(_existing(path)).num_row_groups
+
+
+def parquet_rows(path: Path) -> int:
+    return pq.ParquetFile(_existing(path)).metadata.num_rows
+
+
+def read_row_group(path: Path, index: int, columns: list[str] | None = None) -> pa.Table:
+    return pq.ParquetFile(path).read_row_group(index, columns=columns)
+
+
+GROUP_BYTES = 64 << 20  # rows are written in row groups of about this many bytes
+
+
+class ParquetSink:
+    """A Parquet file written in order, in row groups of about GROUP_BYTES, so that no stage holds
+    a whole corpus; `parquet_sink` makes it appear only when complete."""
+
+    def __init__(self, path: Path, schema: pa.Schema, group_bytes: int | None = None) -> None:
+        self.schema, self.group_bytes = schema, group_bytes or GROUP_BYTES
+        self.writer = pq.ParquetWriter(path, schema)
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, rows: pa.Table | list[dict[str, Any]]) -> None:
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, self.schema)
+        self.pending.append(table.select(self.schema.names).cast(self.schema))
+        self.rows += len(table)
+        if sum(t.nbytes for t in self.pending) >= self.group_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        table = pa.concat_tables(self.pending).combine_chunks() if self.pending else None
+        if table is not None and len(table):
+            self.writer.write_table(table, row_group_size=len(table))
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        if not self.rows:  # a valid file with the schema and no rows
+            self.writer.write_table(self.schema.empty_table())
+        self.writer.close()
+
+
+@contextmanager
+def parquet_sink(path: Path, schema: pa.Schema) -> Iterator[ParquetSink]:
+    with atomic_output(path) as tmp:
+        sink = ParquetSink(tmp, schema)
+        try:
+            yield sink
+        finally:
+            sink.close()
+
+
+def string_schema(columns: Iterable[str]) -> pa.Schema:
+    return pa.schema([(name, pa.string()) for name in columns])
+
+
+def workers(num_proc: int) -> int:
+    """`num_proc` as a process count: 0 is one per CPU core this process may use."""
+    if num_proc:
+        return num_proc
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T], num_proc: int) -> Iterator[R]:
+    """fn over items in `num_proc` worker processes, results in input order. At most two results
+    per worker wait to be consumed, so memory stays bounded however many items there are. With
+    one process (or one item) it runs here. fn must be a module-level function (workers are
+    spawned, not forked); its exceptions reach the caller."""
+    num_proc = min(num_proc, len(items))
+    if num_proc <= 1:
+        yield from map(fn, items)
+        return
+    pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"))
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_json(data: Any, path: Path) -> None:
@@ -129,9 +234,17 @@ def _scalars(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield f"{prefix}{key}", value
 
 
+def peak_memory_mb() -> float:
+    """The peak resident memory of this process and of its largest finished worker, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / (1024**2 if sys.platform == "darwin" else 1024)  # bytes or KiB
+
+
 def _summary_line(name: str, summary: dict[str, Any], seconds: float) -> str:
     shown = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in _scalars(summary)]
-    return f"{name}: " + ", ".join(shown[:10]) + f" ({seconds:.1f} s)"
+    return (f"{name}: " + ", ".join(shown[:10])
+            + f" ({seconds:.1f} s, peak memory {peak_memory_mb():,.0f} MB)")
 
 
 def stage_main(

@@ -103,7 +103,6 @@ class TokenizeParams(Section):
     prompt_template: str = "### Question:\n{prompt}\n\n### Answer:\n"
     use_chat_template: bool = False
     overlong: Literal["truncate", "drop"] = "truncate"
-    num_proc: int = Field(1, ge=1, le=256)
 
     @model_validator(mode="after")
     def _template_has_prompt(self) -> TokenizeParams:
@@ -194,6 +193,9 @@ class ReportParams(Section):
 class Params(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     mode: Literal["text", "pairs"] = "text"
+    # processes (tokenizer threads) of ingest, clean and tokenize; 0: one per CPU core. Speed only:
+    # the outputs are the same bytes for any value, so dvc.yaml does not make it a dependency
+    num_proc: int = Field(0, ge=0, le=1024)
     model: ModelParams = ModelParams()
     ingest: IngestParams = IngestParams()
     clean: CleanParams = CleanParams()

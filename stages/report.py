@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -86,11 +87,22 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
             out += [("h3", stage), ("table", [["", "value"], *[[k, _fmt(v)]
                                                                for k, v in metrics[stage].items()]])]
     if samples:
-        out.append(("h2", "Sample generations (greedy)"))
-        for s in samples:
-            out += [("h3", s["prompt"]), ("p", "**Base:**"), ("pre", s["base"]),
-                    ("p", "**Fine-tuned:**"), ("pre", s["finetuned"])]
+        out += [("h2", "Sample generations (greedy, side by side)"),
+                ("table", [["prompt", "base", "fine-tuned"],
+                           *[[s["prompt"], s["base"] or "(empty)", s["finetuned"] or "(empty)"]
+                             for s in samples]])]
+    out += [("h2", "Parameters of this run"), ("table", [["key", "value"], *param_rows(params)])]
     return out
+
+
+def param_rows(params: Params) -> list[list[str]]:
+    """Every params.yaml key of the run, dotted (train.lora.r), with its value."""
+    def flat(value: Any, prefix: str) -> list[list[str]]:
+        if isinstance(value, dict):
+            return [row for k, v in value.items() for row in flat(v, f"{prefix}{k}.")]
+        return [[prefix.rstrip("."), value if isinstance(value, str) else json.dumps(value)]]
+
+    return flat(params.model_dump(mode="json"), "")
 
 
 def to_markdown(content: list[Block]) -> str:
@@ -132,7 +144,8 @@ def to_html(content: list[Block], images: Path) -> str:
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;"
-             "padding:.25rem .6rem;text-align:left}pre{white-space:pre-wrap;background:#f6f6f6;"
+             "padding:.25rem .6rem;text-align:left;vertical-align:top;white-space:pre-wrap}"
+             "pre{white-space:pre-wrap;background:#f6f6f6;"
              "padding:.6rem}img{max-width:100%}")
     title = html.escape(next(v for k, v in content if k == "h1"))
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}"

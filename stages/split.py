@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from stages.io import atomic_output, read_parquet, stage_main
+from stages.clean import KEY
+from stages.io import ParquetSink, atomic_output, read_row_group, row_groups, stage_main
 from stages.params import PATHS, SPLITS, Params, Paths, SplitParams, UserError
 
 MIN_PASSAGES = 3  # a document with fewer passages cannot feed all three splits on its own
@@ -46,26 +51,53 @@ def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int) -> pd.
     return result.groupby(keys.values, sort=False).transform("first")
 
 
+def row_keys(table: pa.Table, mode: str) -> list[bytes]:
+    """A 16-byte digest of each row's text: rows with equal digests must share a split."""
+    parts = [table.column(name).to_pylist() for name in KEY[mode]]
+    return [hashlib.blake2b("\0".join(texts).encode(), digest_size=16).digest()
+            for texts in zip(*parts, strict=True)]
+
+
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
-    df = read_parquet(paths.clean)
-    keys = df["text"] if params.mode == "text" else df["prompt"] + "\0" + df["response"]
-    groups = df["doc_id"] if params.mode == "text" else df["source"]
-    df["split"] = assign(groups.reset_index(drop=True), keys.reset_index(drop=True),
-                         params.split, params.seed).values
-    counts = df["split"].value_counts()
-    if any(counts.get(name, 0) == 0 for name in SPLITS):
-        got = ", ".join(f"{name} {counts.get(name, 0)}" for name in SPLITS)
-        raise UserError(f"split: {len(df)} passage(s) are too few: train, val and test need at "
+    """Two passes over clean.parquet, one row group at a time: the first reads only the groups
+    and text digests to decide every row's split, the second copies each row group's rows into
+    the three files. Memory is the digests and ids, not the texts."""
+    group_column = "doc_id" if params.mode == "text" else "source"
+    n_groups = row_groups(paths.clean)
+    groups: list[str] = []
+    keys: list[bytes] = []
+    doc_ids: list[str] = []
+    for i in range(n_groups):
+        table = read_row_group(paths.clean, i, [group_column, "doc_id", *KEY[params.mode]])
+        groups += table.column(group_column).to_pylist()
+        doc_ids += table.column("doc_id").to_pylist()
+        keys += row_keys(table, params.mode)
+    labels = assign(pd.Series(groups), pd.Series(keys), params.split, params.seed).to_numpy()
+    counts = Counter(labels.tolist())
+    if any(counts[name] == 0 for name in SPLITS):
+        got = ", ".join(f"{name} {counts[name]}" for name in SPLITS)
+        raise UserError(f"split: {len(labels)} passage(s) are too few: train, val and test need at "
                         f"least one each (got {got}); add data, or lower clean.max_chars to cut "
                         "documents into more passages")
-    summary: dict[str, Any] = {}
+    schema = pq.read_schema(paths.clean)
     with atomic_output(paths.processed) as tmp:  # all three files appear together or none
         tmp.mkdir()
-        for name in SPLITS:
-            part = df[df["split"] == name].drop(columns="split")
-            part.to_parquet(tmp / paths.split_file(name).name, index=False)
-            summary[name] = {"records": len(part), "documents": int(part["doc_id"].nunique())}
-    return summary
+        sinks = {name: ParquetSink(tmp / paths.split_file(name).name, schema) for name in SPLITS}
+        try:
+            start = 0
+            for i in range(n_groups):
+                table = read_row_group(paths.clean, i)
+                part = labels[start:start + len(table)]
+                start += len(table)
+                for name, sink in sinks.items():
+                    sink.add(table.filter(pa.array(part == name)))
+        finally:
+            for sink in sinks.values():
+                sink.close()
+    docs = pd.DataFrame({"doc_id": doc_ids, "split": labels})
+    return {name: {"records": counts[name],
+                   "documents": int(docs.loc[docs["split"] == name, "doc_id"].nunique())}
+            for name in SPLITS}
 
 
 def main(argv: list[str] | None = None) -> None:

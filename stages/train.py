@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from stages.io import (
     atomic_output,
@@ -62,6 +62,18 @@ class LiveLosses(TrainerCallback):
                **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             self._log(state.global_step, logs)
+
+
+class QuietProgress(ProgressCallback):
+    """The Trainer's progress bar with the latest losses on it, instead of a printed dict of every
+    logged value (the losses go to DVCLive; the stage prints its summary at the end)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        shown = {k: f"{v:.4g}" for k, v in (logs or {}).items()
+                 if k in ("loss", "eval_loss") and isinstance(v, float)}
+        if state.is_world_process_zero and self.training_bar is not None and shown:
+            self.training_bar.set_postfix(shown, refresh=False)
 
 
 class CompleteCheckpoints(TrainerCallback):
@@ -335,6 +347,8 @@ def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, 
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
                           data_collator=collator(tokenizer), callbacks=callbacks)
+        if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
+            trainer.add_callback(QuietProgress())
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate()  # logged to DVCLive by LiveLosses, like the others
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)

@@ -26,6 +26,7 @@ def tiny_params(**sections: dict[str, Any]) -> Params:
     """Default params with a tiny scratch model and a small training run; `sections` overrides
     keys, e.g. tiny_params(train={"max_steps": 2})."""
     raw: dict[str, Any] = {
+        "num_proc": 1,  # tests/test_streaming.py runs worker processes
         "model": {"source": "scratch",
                   "scratch": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400,
                               "n_positions": 128}},
@@ -73,6 +74,7 @@ def run_data_stages(params: Params, paths: Paths) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     """The tiny text-mode pipeline up to and including train, run once for the session."""
     from stages import train
+    from stages.io import write_json
 
     root = tmp_path_factory.mktemp("pipeline")
     (root / "raw").mkdir()
@@ -81,5 +83,5 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     params = tiny_params(ingest={"paths": [str(root / "raw")]}, clean={"max_chars": 400})
     paths = PATHS.under(root)
     run_data_stages(params, paths)
-    train.run(params, paths)
+    write_json(train.run(params, paths), paths.metrics / "train.json")  # as stage_main does
     return params, paths

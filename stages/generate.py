@@ -1,0 +1,163 @@
+"""`uv run generate`: text from the fine-tuned model, streamed token by token as it is produced.
+
+    uv run generate "Once upon a time" --max-new-tokens 80
+    uv run generate                                  # interactive: one prompt per line
+    uv run generate --model models/base "Once upon a time"
+    uv run generate --compare "Once upon a time"     # base, then fine-tuned, same settings and seed
+
+It reads params.yaml for the mode: in pairs mode the prompt is rendered with the same template
+(or chat template) as training, and only the answer is printed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from stages.io import load_model, load_tokenizer, pick_device
+from stages.params import PATHS, Params, UserError, load
+from stages.tokenize import render_prompts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="generate", description="Generate text with the fine-tuned model (or any model "
+        "directory). Without a prompt it asks for one per line until an empty line or Ctrl-D.")
+    parser.add_argument("prompt", nargs="?", help="the prompt; leave out for interactive mode")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, default=PATHS.finetuned,
+                       help=f"model directory (default: {PATHS.finetuned})")
+    which.add_argument("--compare", action="store_true",
+                       help=f"generate with {PATHS.base_model} and {PATHS.finetuned}, one after the other")
+    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the same seed gives the same text (default: random)")
+    parser.add_argument("--mode", choices=["text", "pairs"], default=None,
+                        help="text: continue the prompt; pairs: answer it (default: params.yaml)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params.yaml for the mode and prompt template (default: ./params.yaml)")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.repetition_penalty <= 0:
+        parser.error("--temperature must be >= 0, --top-p in (0, 1], --repetition-penalty > 0")
+    return args
+
+
+def read_params(path: Path) -> Params:
+    """params.yaml if there is one (a missing default file means the defaults)."""
+    if not path.exists() and path == Path("params.yaml"):
+        return Params()
+    return load(path)
+
+
+def render(prompt: str, tokenizer: Any, params: Params, mode: str) -> tuple[str, bool]:
+    """The text the model sees and whether the tokenizer adds special tokens, as in training."""
+    if mode == "pairs":
+        special = not params.tokenize.use_chat_template
+        return render_prompts([prompt], tokenizer, params.tokenize)[0], special
+    return prompt, False
+
+
+class Generator:
+    """One model and its tokenizer, loaded once, generating with fixed sampling settings."""
+
+    def __init__(self, path: Path, args: argparse.Namespace, params: Params, device: str) -> None:
+        self.path, self.args, self.params, self.device = path, args, params, device
+        self.mode = args.mode or params.mode
+        self.model = load_model(path, device)
+        self.model.eval()
+        self.tokenizer = load_tokenizer(path)
+
+    def __call__(self, prompt: str, out: TextIO) -> str:
+        """Stream the continuation (text mode: after the prompt) to `out`; return it."""
+        import torch
+        from transformers import set_seed
+
+        text, special = render(prompt, self.tokenizer, self.params, self.mode)
+        inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=special).to(self.device)
+        if self.mode == "text":
+            out.write(prompt)
+            out.flush()
+        streamer = streamer_to(out, self.tokenizer)
+        if self.args.seed is not None:
+            set_seed(self.args.seed)
+        sampling = self.args.temperature > 0
+        with torch.inference_mode():
+            self.model.generate(
+                **inputs, max_new_tokens=self.args.max_new_tokens, do_sample=sampling,
+                temperature=self.args.temperature if sampling else None,
+                top_p=self.args.top_p if sampling else None, top_k=None,
+                repetition_penalty=self.args.repetition_penalty, streamer=streamer,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        out.write("\n")
+        out.flush()
+        return streamer.text
+
+    def label(self) -> str:
+        return f"── {self.path} ──"
+
+
+def streamer_to(out: TextIO, tokenizer: Any) -> Any:
+    """transformers' TextStreamer, writing to `out` and keeping what it wrote."""
+    from transformers import TextStreamer
+
+    class Streamer(TextStreamer):
+        text = ""
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self.text += text
+            out.write(text)
+            out.flush()
+
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+def prompts(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> Any:
+    """The one prompt given, or (interactive) one per line until an empty line or end of input."""
+    if args.prompt is not None:
+        yield args.prompt
+        return
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            out.write("prompt> ")
+            out.flush()
+        line = stdin.readline()
+        if not line or not line.strip():
+            return
+        yield line.rstrip("\n")
+
+
+def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+    params = read_params(args.params)
+    device = pick_device(args.device)
+    paths = [PATHS.base_model, PATHS.finetuned] if args.compare else [args.model]
+    generators = [Generator(path, args, params, device) for path in paths]
+    for prompt in prompts(args, stdin, out):
+        for generator in generators:
+            if args.compare:
+                out.write(generator.label() + "\n")
+            generator(prompt, out)
+        if args.compare or args.prompt is None:
+            out.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"generate: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

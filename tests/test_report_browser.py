@@ -1,0 +1,77 @@
+"""reports/report.html in a real browser: headless Chromium loads it without errors and shows the
+comparison table and the loss plot. The screenshot is kept in .ci-artifacts/ (git-ignored).
+Skipped where Chromium is not installed (.ci/run installs Debian's `chromium`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stages import evaluate, report
+from stages.io import write_json
+from stages.params import Params, Paths
+from tests.conftest import ROOT
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+                None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
+ARTIFACTS = ROOT / ".ci-artifacts"
+PLOT_BLUE = (31, 119, 180)  # matplotlib's first line colour: the train loss curve
+
+
+def chromium(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--no-first-run", "--disable-extensions", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=5000", *flags, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def console_errors(log: str) -> list[str]:
+    """What the page itself reported: console messages, uncaught errors, failed loads."""
+    return [line for line in log.splitlines()
+            if re.search(r"CONSOLE|Uncaught|Failed to load|net::ERR_", line)]
+
+
+@pytest.fixture
+def rendered(trained: tuple[Params, Paths]) -> Path:
+    params, paths = trained
+    write_json(evaluate.run(params, paths), paths.metrics / "eval.json")
+    report.run(params, paths)
+    return paths.reports / "report.html"
+
+
+def test_report_loads_in_chromium_and_shows_the_table_and_the_plot(rendered: Path) -> None:
+    dom = chromium(rendered, "--dump-dom")
+    assert console_errors(dom.stderr) == []
+    html = dom.stdout
+    table = re.search(r"<h2>Base vs fine-tuned.*?</h2>\s*<table>(.*?)</table>", html, re.S)
+    assert table, "the comparison table is missing"
+    assert "<td>base</td>" in table.group(1) and "<td>finetuned</td>" in table.group(1)
+    assert re.search(r'<img alt="loss curves" src="data:image/png;base64,', html)
+    assert "Parameters of this run" in html and "Sample generations" in html
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "report.png"
+    screenshot.unlink(missing_ok=True)
+    shot = chromium(rendered, f"--screenshot={screenshot}", "--window-size=1280,2400")
+    assert console_errors(shot.stderr) == []
+    image = Image.open(screenshot).convert("RGB")
+    assert image.size == (1280, 2400)
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    plot_pixels = sum(n for n, rgb in colours
+                      if all(abs(a - b) <= 12 for a, b in zip(rgb, PLOT_BLUE, strict=True)))
+    assert plot_pixels > 200, "the loss plot was not drawn"
+    assert len(colours) > 50, "the page rendered blank"
+
+
+def test_a_broken_page_is_caught(tmp_path: Path) -> None:
+    """The checks above can fail: a page with a script error and a missing image trips them."""
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><img src="missing.png"><script>nope()</script></body></html>')
+    assert console_errors(chromium(page, "--dump-dom").stderr)
