@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ from stages.io import (
     write_json,
 )
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
+
+# transformers 5 deprecates `model.is_gradient_checkpointing`, which the training loop still reads
+# (a FutureWarning on every run): nothing a user can act on
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                        category=FutureWarning)
 
 LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate"}
 COMPLETE = "COMPLETE"  # written into a checkpoint once the Trainer has finished saving it
@@ -68,12 +74,15 @@ class QuietProgress(ProgressCallback):
     """The Trainer's progress bar with the latest losses on it, instead of a printed dict of every
     logged value (the losses go to DVCLive; the stage prints its summary at the end)."""
 
+    shown: dict[str, str] = {}
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
-        shown = {k: f"{v:.4g}" for k, v in (logs or {}).items()
-                 if k in ("loss", "eval_loss") and isinstance(v, float)}
-        if state.is_world_process_zero and self.training_bar is not None and shown:
-            self.training_bar.set_postfix(shown, refresh=False)
+        latest = {k: f"{v:.4g}" for k, v in (logs or {}).items()
+                  if k in ("loss", "eval_loss") and isinstance(v, float)}
+        if state.is_world_process_zero and self.training_bar is not None and latest:
+            self.shown = {**self.shown, **latest}
+            self.training_bar.set_postfix(self.shown, refresh=False)
 
 
 class CompleteCheckpoints(TrainerCallback):
