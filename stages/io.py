@@ -235,10 +235,15 @@ def _scalars(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 
 
 def peak_memory_mb() -> float:
-    """The peak resident memory of this process and of its largest finished worker, in MB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / (1024**2 if sys.platform == "darwin" else 1024)  # bytes or KiB
+    """The peak resident memory of this process (not of its worker processes), in MB: VmHWM,
+    which starts afresh at exec, unlike ru_maxrss, which keeps the parent's size after a fork."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines()
+                    if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024**2 if sys.platform == "darwin" else 1024)  # bytes or KiB
 
 
 def _summary_line(name: str, summary: dict[str, Any], seconds: float) -> str:

@@ -18,6 +18,8 @@ Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", rows) | ("img"
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):

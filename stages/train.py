@@ -39,6 +39,8 @@ from stages.params import PATHS, Params, Paths, TrainParams, UserError
 # (a FutureWarning on every run): nothing a user can act on
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                         category=FutureWarning)
+# peft on GPT-2-style Conv1D layers: it sets fan_in_fan_out itself, as it should
+warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
 
 LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate"}
 COMPLETE = "COMPLETE"  # written into a checkpoint once the Trainer has finished saving it

@@ -131,7 +131,7 @@ def ready_project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Param
 
 
 @pytest.mark.parametrize(("stage", "target", "output"), [
-    (ingest, "pandas:DataFrame.to_parquet", PATHS.ingested),
+    (ingest, "pyarrow.parquet:ParquetWriter.write_table", PATHS.ingested),  # a row group
     (tokenize, "datasets:Dataset.save_to_disk", PATHS.tokenized),  # after the first split
     (train, "transformers:PreTrainedModel.save_pretrained", PATHS.finetuned),  # before tokenizer
     (clean, "pathlib:Path.write_text", Path("metrics/clean.json")),  # the metrics file
