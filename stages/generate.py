@@ -135,6 +135,9 @@ def prompts(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> Any:
 
 
 def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar per model says nothing
     params = read_params(args.params)
     device = pick_device(args.device)
     paths = [PATHS.base_model, PATHS.finetuned] if args.compare else [args.model]
