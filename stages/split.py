@@ -68,7 +68,8 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     keys: list[bytes] = []
     doc_ids: list[str] = []
     for i in range(n_groups):
-        table = read_row_group(paths.clean, i, [group_column, "doc_id", *KEY[params.mode]])
+        columns = list(dict.fromkeys([group_column, "doc_id", *KEY[params.mode]]))
+        table = read_row_group(paths.clean, i, columns)
         groups += table.column(group_column).to_pylist()
         doc_ids += table.column("doc_id").to_pylist()
         keys += row_keys(table, params.mode)
