@@ -102,6 +102,11 @@ COLUMNS = {"text": ("doc_id", "passage_id", "source", "title", "text"),
 KEY = {"text": ("text",), "pairs": ("prompt", "response")}  # what makes two rows duplicates
 
 
+def digest(*parts: str) -> bytes:
+    """16 bytes that stand for a row's text (parts joined by NUL, which clean removes)."""
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).digest()
+
+
 class Seen:
     """Exact-duplicate filter over a whole corpus: it keeps a 16-byte digest per row, not the
     text, so 2 GB of passages cost tens of MB."""
@@ -110,11 +115,11 @@ class Seen:
         self.digests: set[bytes] = set()
 
     def first(self, *parts: str) -> bool:
-        """True the first time these texts are seen (parts are joined by NUL, which clean removes)."""
-        digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=16).digest()
-        if digest in self.digests:
+        """True the first time these texts are seen."""
+        key = digest(*parts)
+        if key in self.digests:
             return False
-        self.digests.add(digest)
+        self.digests.add(key)
         return True
 
 
@@ -165,10 +170,16 @@ def first_seen(rows: list[dict[str, str]], mode: str, seen: Seen, dropped: Count
     return kept
 
 
+def candidates(df: pd.DataFrame, mode: str, p: CleanParams
+               ) -> tuple[list[dict[str, str]], Counter[str]]:
+    """The cleaned rows of a batch before duplicate removal, and what was dropped."""
+    return (pair_records if mode == "pairs" else text_passages)(df, p)
+
+
 def clean_rows(df: pd.DataFrame, mode: str, p: CleanParams, seen: Seen | None = None
                ) -> tuple[list[dict[str, str]], Counter[str]]:
     """One batch of ingested rows cleaned; `seen` carries duplicate removal across batches."""
-    rows, dropped = (pair_records if mode == "pairs" else text_passages)(df, p)
+    rows, dropped = candidates(df, mode, p)
     if p.dedupe:
         rows = first_seen(rows, mode, seen if seen is not None else Seen(), dropped)
     return rows, +dropped
@@ -190,8 +201,7 @@ def _clean_group(task: tuple[Path, int, str, CleanParams]
     (which needs the whole corpus, so the caller does it in order)."""
     path, index, mode, p = task
     df = read_row_group(path, index).to_pandas()
-    rows, dropped = (pair_records if mode == "pairs" else text_passages)(df, p)
-    return rows, dropped, len(df)
+    return *candidates(df, mode, p), len(df)
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:

@@ -59,11 +59,6 @@ def remove(path: Path | None) -> None:
         path.unlink()
 
 
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        df.to_parquet(tmp, index=False)
-
-
 def _existing(path: Path) -> Path:
     if not Path(path).exists():
         raise UserError(f"{path}: missing; run the stages before this one (uv run dvc repro)")
@@ -98,20 +93,21 @@ class ParquetSink:
         self.schema, self.group_bytes = schema, group_bytes or GROUP_BYTES
         self.writer = pq.ParquetWriter(path, schema)
         self.pending: list[pa.Table] = []
-        self.rows = 0
+        self.pending_bytes = self.rows = 0
 
     def add(self, rows: pa.Table | list[dict[str, Any]]) -> None:
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, self.schema)
         self.pending.append(table.select(self.schema.names).cast(self.schema))
+        self.pending_bytes += table.nbytes
         self.rows += len(table)
-        if sum(t.nbytes for t in self.pending) >= self.group_bytes:
+        if self.pending_bytes >= self.group_bytes:
             self.flush()
 
     def flush(self) -> None:
         table = pa.concat_tables(self.pending).combine_chunks() if self.pending else None
         if table is not None and len(table):
             self.writer.write_table(table, row_group_size=len(table))
-        self.pending = []
+        self.pending, self.pending_bytes = [], 0
 
     def close(self) -> None:
         self.flush()

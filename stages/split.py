@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from typing import Any
 
@@ -12,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.clean import KEY
+from stages.clean import KEY, digest
 from stages.io import ParquetSink, atomic_output, read_row_group, row_groups, stage_main
 from stages.params import PATHS, SPLITS, Params, Paths, SplitParams, UserError
 
@@ -52,10 +51,10 @@ def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int) -> pd.
 
 
 def row_keys(table: pa.Table, mode: str) -> list[bytes]:
-    """A 16-byte digest of each row's text: rows with equal digests must share a split."""
+    """The digest of each row's text (as clean's duplicate removal takes it): rows with equal
+    digests must share a split."""
     parts = [table.column(name).to_pylist() for name in KEY[mode]]
-    return [hashlib.blake2b("\0".join(texts).encode(), digest_size=16).digest()
-            for texts in zip(*parts, strict=True)]
+    return [digest(*texts) for texts in zip(*parts, strict=True)]
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
