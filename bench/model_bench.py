@@ -33,7 +33,7 @@ def load(where: Path, quick: bool) -> tuple[Any, Any]:
     """The default model (full run) or a tiny one with the same tokenizer (--quick)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from stages.io import load_model, load_tokenizer
+    from stages.models import load_model, load_tokenizer
 
     path = base_model_dir(where)
     tokenizer = load_tokenizer(path)
@@ -92,7 +92,7 @@ def train_tokens_per_second(model: Any, tokenizer: Any, dataset: Any, collator: 
 def train_throughput(where: Path, quick: bool, repeats: int) -> dict[str, Any]:
     from transformers import DataCollatorForLanguageModeling
 
-    from stages.train import collator
+    from stages.models import collator
 
     model, tokenizer = load(where, quick)
     texts = sample_text()

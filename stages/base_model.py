@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from stages.io import atomic_output, read_parquet, stage_main
+from stages.models import context_length
 from stages.params import PATHS, Params, Paths, ScratchParams, UserError
 
 EOS = "<|endoftext|>"
@@ -129,13 +130,6 @@ def build(params: Params, paths: Paths) -> tuple[Any, Any]:
         # a local directory or a hub id
         return from_pretrained(source, params.model.revision, params.model.allow_pickle)
     raise UserError(f"model.source: {source}: not a model directory or a .gguf file")
-
-
-def context_length(config: Any) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    raise UserError("model.source: the model's config does not say its context length")
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:

@@ -4,7 +4,6 @@ at most `clean.max_chars` cut on paragraph boundaries. Params: `mode`, `clean`."
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
 import unicodedata
@@ -27,6 +26,7 @@ from stages.io import (
     workers,
 )
 from stages.params import PATHS, CleanParams, Params, Paths, UserError
+from stages.records import KEY, digest
 
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")
@@ -99,14 +99,6 @@ def passages(text: str, max_chars: int) -> list[str]:
 
 COLUMNS = {"text": ("doc_id", "passage_id", "source", "title", "text"),
            "pairs": ("doc_id", "passage_id", "source", "prompt", "response")}
-KEY = {"text": ("text",), "pairs": ("prompt", "response")}  # what makes two rows duplicates
-
-
-def digest(*parts: str) -> bytes:
-    """16 bytes that stand for a row's text (parts joined by NUL, which clean removes)."""
-    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).digest()
-
-
 class Seen:
     """Exact-duplicate filter over a whole corpus: it keeps a 16-byte digest per row, not the
     text, so 2 GB of passages cost tens of MB."""

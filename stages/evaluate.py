@@ -11,17 +11,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from stages.io import (
-    load_model,
-    load_tokenizer,
-    pick_device,
-    read_parquet,
-    stage_main,
-    write_json,
-)
+from stages.io import read_parquet, stage_main, write_json
+from stages.models import collator, load_model, load_tokenizer, pick_device
 from stages.params import PATHS, EvaluateParams, Params, Paths
-from stages.tokenize import render_prompts
-from stages.train import collator
+from stages.prompts import render_prompts
 
 
 def perplexity(loss: float) -> float | None:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from stages.io import load_model, load_tokenizer, pick_device
+from stages.models import load_model, load_tokenizer, pick_device
 from stages.params import PATHS, Params, UserError, load
-from stages.tokenize import render_prompts
+from stages.prompts import render_prompts
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -174,54 +174,6 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def pick_device(preference: str) -> str:
-    """`auto` takes CUDA when present, else the CPU."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if preference == "cuda" and not cuda:
-        raise UserError("train.device: cuda was asked for, but no CUDA device is available")
-    if preference == "auto":
-        return "cuda" if cuda else "cpu"
-    return preference
-
-
-def pick_precision(preference: str, device: str) -> str:
-    """`auto` takes bf16 on a GPU that supports it, else fp32."""
-    import torch
-
-    if preference == "auto":
-        return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if preference == "fp16" and device != "cuda":
-        raise UserError("train.precision: fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    return preference
-
-
-def _local_model_dir(path: Path) -> Path:
-    """A local model directory; a missing one must not fall through to a hub download."""
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"{path}: no model there; run the stages before this one (uv run dvc repro)")
-    return Path(path)
-
-
-def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
-    """A causal LM from a local Hugging Face directory, safetensors only, no remote code."""
-    from transformers import AutoModelForCausalLM
-
-    path = _local_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=False, dtype="float32",
-        attn_implementation=attention,
-    )
-    return model.to(device)
-
-
-def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(_local_model_dir(path), trust_remote_code=False)
-
-
 def _scalars(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in summary.items():
         if isinstance(value, dict):

@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.clean import KEY, digest
 from stages.io import ParquetSink, atomic_output, read_row_group, row_groups, stage_main
 from stages.params import PATHS, SPLITS, Params, Paths, SplitParams, UserError
+from stages.records import KEY, digest
 
 MIN_PASSAGES = 3  # a document with fewer passages cannot feed all three splits on its own
 POOLED = "\0pooled"  # the group of short documents, split together

@@ -16,20 +16,17 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stages.base_model import context_length
 from stages.io import (
     atomic_output,
-    load_tokenizer,
     parquet_rows,
     read_row_group,
     row_groups,
     stage_main,
     workers,
 )
+from stages.models import context_length, load_tokenizer
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
-
-IGNORE = -100  # label of a token the loss skips
-
+from stages.prompts import IGNORE, render_prompts
 
 CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
 
@@ -87,16 +84,6 @@ class Packer:
 
     def stats(self) -> dict[str, int]:
         return {"tokens": self.tokens, "blocks": self.blocks, "remainder_tokens": len(self.carry)}
-
-
-def render_prompts(prompts: list[str], tokenizer: Any, p: TokenizeParams) -> list[str]:
-    if p.use_chat_template:
-        if not getattr(tokenizer, "chat_template", None):
-            raise UserError("tokenize.use_chat_template: the base model's tokenizer has no chat "
-                            "template; set it to false to use tokenize.prompt_template")
-        return [tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
-                                              add_generation_prompt=True) for x in prompts]
-    return [p.prompt_template.replace("{prompt}", x) for x in prompts]
 
 
 def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams

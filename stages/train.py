@@ -23,16 +23,8 @@ from typing import Any
 
 from transformers import ProgressCallback, TrainerCallback
 
-from stages.io import (
-    atomic_output,
-    load_model,
-    load_tokenizer,
-    pick_device,
-    pick_precision,
-    remove,
-    stage_main,
-    write_json,
-)
+from stages.io import atomic_output, remove, stage_main, write_json
+from stages.models import collator, load_model, load_tokenizer, pick_device, pick_precision
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
 
 # transformers 5 deprecates `model.is_gradient_checkpointing`, which the training loop still reads
@@ -195,13 +187,6 @@ def open_live(directory: Path) -> Any:
         return Live(dir=str(directory), save_dvc_exp=False, dvcyaml=None)
     except SCMError as e:  # DVCLive reads the baseline commit; a new repository has none
         raise UserError(f"git: {e}; make a first commit (git add -A && git commit) and rerun") from None
-
-
-def collator(tokenizer: Any) -> Any:
-    """Pads input_ids with the pad token and labels with -100 (pairs have varied lengths)."""
-    from transformers import DataCollatorForSeq2Seq
-
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
 
 
 def freeze(model: Any, n_layers: int) -> None:

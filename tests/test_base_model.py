@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from stages import base_model
-from stages.io import load_model, load_tokenizer
+from stages.models import load_model, load_tokenizer
 from stages.params import PATHS, ScratchParams, UserError
 from tests.conftest import run_data_stages, tiny_params
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from stages import evaluate, report, train
-from stages.io import load_model, load_tokenizer
+from stages.models import load_model, load_tokenizer
 from stages.params import PATHS, Params, Paths
 from tests.conftest import run_data_stages, tiny_params
 

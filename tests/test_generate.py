@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stages import generate
-from stages.io import load_tokenizer
+from stages.models import load_tokenizer
 from stages.params import Params, Paths
 from tests.conftest import tiny_params
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.io import atomic_output, load_model, pick_device, pick_precision
+from stages.io import atomic_output
+from stages.models import load_model, pick_device, pick_precision
 from stages.params import UserError
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from stages import tokenize
-from stages.io import load_tokenizer
+from stages.models import load_tokenizer
 from stages.params import PATHS, Params, Paths, TokenizeParams, UserError
 from tests.conftest import run_data_stages, tiny_params
 

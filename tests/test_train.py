@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from stages import train
-from stages.io import load_model
+from stages.models import load_model
 from stages.params import PATHS, Params, Paths, UserError, parse
 from tests.conftest import ROOT
 
