@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from stages import conversations
 from stages.io import atomic_output, read_parquet, stage_main
 from stages.models import context_length
 from stages.params import PATHS, Params, Paths, ScratchParams, UserError
@@ -87,8 +88,13 @@ def from_pretrained(source: str, revision: str, allow_pickle: bool = False) -> t
 
 
 def train_texts(train: pd.DataFrame) -> list[str]:
+    """The texts of the train split a scratch tokenizer learns from (chat: every message)."""
     columns = [c for c in ("text", "prompt", "response") if c in train.columns]
-    return [text for column in columns for text in train[column].tolist()]
+    texts = [text for column in columns for text in train[column].tolist()]
+    if "conversation" in train.columns:
+        texts += [m["content"] for conv in train["conversation"]
+                  for m in conversations.loads(conv)["messages"]]
+    return texts
 
 
 def from_scratch(texts: list[str], p: ScratchParams, seed: int) -> tuple[Any, Any]:

@@ -1,6 +1,8 @@
 """Normalise data/interim/ingested.parquet into data/interim/clean.parquet: NFC, no HTML or
 control characters, tidy whitespace, no Gutenberg boilerplate, no exact duplicates, passages of
-at most `clean.max_chars` cut on paragraph boundaries. Params: `mode`, `clean`."""
+at most `clean.max_chars` cut on paragraph boundaries (text mode); in chat mode each message's
+text is normalised and whole conversations are deduplicated (their length is tokenize's
+business: `tokenize.overlong`). Params: `mode`, `clean`."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stages import conversations
 from stages.io import (
     ordered_map,
     parquet_rows,
@@ -98,7 +101,8 @@ def passages(text: str, max_chars: int) -> list[str]:
 
 
 COLUMNS = {"text": ("doc_id", "passage_id", "source", "title", "text"),
-           "pairs": ("doc_id", "passage_id", "source", "prompt", "response")}
+           "pairs": ("doc_id", "passage_id", "source", "prompt", "response"),
+           "chat": ("doc_id", "passage_id", "source", "position", "conversation")}
 class Seen:
     """Exact-duplicate filter over a whole corpus: it keeps a 16-byte digest per row, not the
     text, so 2 GB of passages cost tens of MB."""
@@ -154,6 +158,26 @@ def pair_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]]
     return rows, dropped
 
 
+def chat_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each conversation with every message's text normalised (tool-call arguments untouched);
+    one with a message left empty, or shorter than `clean.min_chars` in all, is dropped."""
+    rows: list[dict[str, str]] = []
+    dropped: Counter[str] = Counter()
+    for record in df.itertuples(index=False):
+        conv = conversations.loads(record.conversation)
+        for m in conv["messages"]:
+            m["content"] = normalize(m["content"])
+        if any(not m["content"] and not m.get("tool_calls") for m in conv["messages"]):
+            dropped["empty"] += 1
+        elif conversations.text_chars(conv) < p.min_chars:
+            dropped["too_short"] += 1
+        else:
+            rows.append({"doc_id": record.doc_id, "passage_id": record.doc_id,
+                         "source": record.source, "position": record.position,
+                         "conversation": conversations.dumps(conv)})
+    return rows, dropped
+
+
 def first_seen(rows: list[dict[str, str]], mode: str, seen: Seen, dropped: Counter[str]
                ) -> list[dict[str, str]]:
     """The rows whose text `seen` has not met before; the others are counted as duplicates."""
@@ -165,7 +189,7 @@ def first_seen(rows: list[dict[str, str]], mode: str, seen: Seen, dropped: Count
 def candidates(df: pd.DataFrame, mode: str, p: CleanParams
                ) -> tuple[list[dict[str, str]], Counter[str]]:
     """The cleaned rows of a batch before duplicate removal, and what was dropped."""
-    return (pair_records if mode == "pairs" else text_passages)(df, p)
+    return {"pairs": pair_records, "chat": chat_records}.get(mode, text_passages)(df, p)
 
 
 def clean_rows(df: pd.DataFrame, mode: str, p: CleanParams, seen: Seen | None = None
@@ -213,7 +237,8 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
             sink.add(rows)
             records_in += n_in
             documents.update(row["doc_id"] for row in rows)
-            chars_out += sum(len(row[k]) for row in rows for k in KEY[mode])
+            chars_out += sum(conversations.text_chars(conversations.loads(row["conversation"]))
+                             if mode == "chat" else len(row[k]) for row in rows for k in KEY[mode])
         if not sink.rows:
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()) if n)
             raise UserError(f"clean: all {records_in} records were dropped ({reasons}); check the "

@@ -12,7 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from stages.io import read_parquet, stage_main, write_json
-from stages.models import collator, load_model, load_tokenizer, pick_device
+from stages.models import collator, load_model, load_tokenizer, model_inputs, pick_device
 from stages.params import PATHS, EvaluateParams, Params, Paths
 from stages.prompts import render_prompts
 
@@ -31,7 +31,7 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
     import torch
     import torch.nn.functional as F
 
-    collate = collator(tokenizer)
+    collate = collator(tokenizer, packed="position_ids" in dataset.column_names)
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode():
@@ -39,8 +39,8 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
                           unit="batch"):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).logits.float()
+            inputs = model_inputs({k: v for k, v in batch.items() if k != "labels"})
+            logits = model(**inputs).logits.float()
             # shift the labels, not the logits: slicing the (batch, seq, vocab) logits would copy them
             labels = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
             total += F.cross_entropy(logits.view(-1, logits.size(-1)), labels.reshape(-1),

@@ -1,6 +1,7 @@
 """Read the files under `ingest.paths` (txt, md, json, jsonl, csv, parquet, html) into
-data/interim/ingested.parquet: one row per document (text mode) or per prompt/response pair
-(pairs mode), with a stable doc_id. Params: `mode`, `ingest`."""
+data/interim/ingested.parquet: one row per document (text mode), per prompt/response pair (pairs
+mode) or per conversation (chat mode: OpenAI messages, ShareGPT, long-form turn tables, pairs as
+one-turn conversations), with a stable doc_id. Params: `mode`, `ingest`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from stages import conversations
+from stages.conversations import ConversationError
 from stages.io import ordered_map, parquet_sink, stage_main, string_schema, workers
 from stages.params import PATHS, IngestParams, Params, Paths, UserError
 
@@ -31,6 +34,13 @@ RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
 SUPPORTED = TEXT_SUFFIXES | RECORD_SUFFIXES
 PAIR_FIELDS = (("instruction", "output"), ("input", "output"), ("prompt", "response"),
                ("question", "answer"))
+# chat mode, long-form tables: the usual column names, tried in order (ingest.*_field overrides)
+CONVERSATION_COLUMNS = ("conversation_id", "conv_id", "chat_id", "dialogue_id", "dialog_id",
+                        "thread_id", "session_id", "ticket_id")
+TURN_COLUMNS = ("turn", "turn_index", "turn_id", "turn_order", "turn_number", "message_index",
+                "seq", "sequence", "position", "order", "timestamp", "created_at", "time")
+ROLE_COLUMNS = ("role", "speaker", "from", "author", "sender")
+CONTENT_COLUMNS = ("content", "text", "message", "value", "body", "utterance")
 HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 
 
@@ -307,12 +317,60 @@ def check_columns(columns: list[str], mode: str, p: IngestParams) -> None:
                            f"set ingest.{key} to the right one")
 
 
+def long_form_columns(columns: list[str], p: IngestParams) -> tuple[str, str | None, str, str] | None:
+    """Chat mode: the (conversation, turn, role, content) columns of a table of turns, or None
+    when the table is not one (it has no conversation id column)."""
+    def pick(configured: str | None, usual: tuple[str, ...], key: str) -> str | None:
+        if configured is not None and configured not in columns:
+            raise BadInput("missing_column", f"no column {configured!r} (it has: "
+                           f"{', '.join(columns)}); set ingest.{key} to the right one")
+        return configured or next((c for c in usual if c in columns), None)
+
+    conversation = pick(p.conversation_field, CONVERSATION_COLUMNS, "conversation_field")
+    if conversation is None:
+        return None
+    turn = pick(p.turn_field, TURN_COLUMNS, "turn_field")
+    role = pick(p.role_field, ROLE_COLUMNS, "role_field")
+    content = pick(p.content_field, tuple(c for c in CONTENT_COLUMNS if c != conversation),
+                   "content_field")
+    for name, key in ((role, "role_field"), (content, "content_field")):
+        if name is None:
+            raise BadInput("missing_column", f"a table of turns (column {conversation!r}) needs a "
+                           f"{key.removesuffix('_field')} column (it has: {', '.join(columns)}); "
+                           f"set ingest.{key}")
+    return conversation, turn, str(role), str(content)
+
+
+def chat_table_records(records: Iterator[tuple[str, Any]], columns: list[str], p: IngestParams
+                       ) -> Iterator[tuple[str, Any]]:
+    """Chat mode, the records of a table: a column of messages per row, a long-form table of
+    turns grouped into conversations, or prompt/response columns (one-turn conversations)."""
+    if conversations.messages_field(dict.fromkeys(columns), p.messages_field):
+        return records
+    long_form = long_form_columns(columns, p)
+    if long_form is not None:
+        return ((position, BadInput(turns.reason, str(turns))
+                 if isinstance(turns, ConversationError) else turns)
+                for position, turns in conversations.group_turns(list(records), *long_form))
+    try:
+        pair_fields(dict.fromkeys(columns), p)
+    except BadInput:
+        raise BadInput("missing_column", f"no conversation columns (it has: {', '.join(columns)}); "
+                       "expected a messages/conversations column, a table of turns "
+                       "(conversation_id, turn, role, content) or prompt/response columns; set "
+                       "ingest.messages_field or ingest.conversation_field") from None
+    return records
+
+
 def csv_records(content: str, mode: str, p: IngestParams) -> Iterator[tuple[str, Any]]:
     try:
         df = pd.read_csv(io.StringIO(content), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise BadInput("invalid_csv", f"invalid CSV: {str(e).strip()}") from None
-    check_columns([str(c) for c in df.columns], mode, p)
+    columns = [str(c) for c in df.columns]
+    if mode == "chat":
+        return chat_table_records(frame_records(df, "row"), columns, p)
+    check_columns(columns, mode, p)
     return frame_records(df, "row")
 
 
@@ -327,6 +385,9 @@ def parquet_records(data: bytes, mode: str, p: IngestParams) -> Iterator[tuple[s
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise BadInput("invalid_parquet", f"not a readable Parquet file: {e}") from None
+    if mode == "chat":  # nested messages stay Python lists (to_pandas would make numpy arrays)
+        rows = ((f"record {i}", row) for i, row in enumerate(table.to_pylist(), 1))
+        return chat_table_records(rows, table.column_names, p)
     check_columns(table.column_names, mode, p)
     for name in needed_columns(table.column_names, mode, p):
         kind = table.schema.field(name).type
@@ -389,6 +450,33 @@ def pair_row(record: Any, p: IngestParams) -> dict[str, str]:
     return {"prompt": prompt, "response": response}
 
 
+def chat_row(record: Any, p: IngestParams) -> dict[str, str]:
+    """Chat mode: one record (a list of messages, an object with one, or a prompt/response pair)
+    as a conversation in the one form of stages.conversations, stored as JSON."""
+    try:
+        if isinstance(record, list):
+            conv = conversations.conversation(record)
+        elif not isinstance(record, dict):
+            raise BadInput("not_an_object", f"expected an object, got {type(record).__name__}")
+        elif field := conversations.messages_field(record, p.messages_field):
+            conv = conversations.from_record(record, field)
+        else:
+            if p.messages_field:
+                raise BadInput("missing_field", f"no '{p.messages_field}' field "
+                               "(ingest.messages_field)")
+            try:
+                pair = pair_row(record, p)
+            except BadInput as err:
+                if err.reason != "missing_field":
+                    raise
+                raise BadInput("missing_field", "no messages (expected 'messages' or "
+                               "'conversations', or prompt/response fields)") from None
+            conv = conversations.from_pair(pair["prompt"], pair["response"])
+    except ConversationError as err:
+        raise BadInput(err.reason, str(err)) from None
+    return {"conversation": conversations.dumps(conv)}
+
+
 def file_records(path: Path, data: bytes, mode: str, p: IngestParams
                  ) -> Iterator[tuple[str, Any]]:
     """(position, record) pairs of one file; a record may itself be a BadInput to report."""
@@ -436,11 +524,15 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
         try:
             if isinstance(record, BadInput):
                 raise record
-            if mode == "pairs" and path.suffix.lower() in TEXT_SUFFIXES:
-                raise BadInput("wrong_format", "pairs mode needs json, jsonl, csv or parquet "
+            if mode != "text" and path.suffix.lower() in TEXT_SUFFIXES:
+                raise BadInput("wrong_format", f"{mode} mode needs json, jsonl, csv or parquet "
                                "records, not running text")
-            row = (pair_row(record, p) if mode == "pairs"
-                   else text_row(record, p, f"{path.stem} {position}".strip()))
+            if mode == "chat":
+                row = {"position": position, **chat_row(record, p)}
+            elif mode == "pairs":
+                row = pair_row(record, p)
+            else:
+                row = text_row(record, p, f"{path.stem} {position}".strip())
         except BadInput as err:
             err.where = err.where or position
             problems(source, err)
@@ -450,7 +542,8 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
 
 
 COLUMNS = {"text": ("doc_id", "source", "title", "text"),
-           "pairs": ("doc_id", "source", "prompt", "response")}
+           "pairs": ("doc_id", "source", "prompt", "response"),
+           "chat": ("doc_id", "source", "position", "conversation")}
 
 
 def _read_file(task: tuple[Path, str, IngestParams]) -> tuple[list[dict[str, str]], int, Counter[str]]:

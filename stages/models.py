@@ -65,8 +65,40 @@ def context_length(config: Any) -> int:
     raise UserError("model.source: the model's config does not say its context length")
 
 
-def collator(tokenizer: Any) -> Any:
-    """Pads input_ids with the pad token and labels with -100 (pairs have varied lengths)."""
+def collator(tokenizer: Any, packed: bool = False) -> Any:
+    """Batches of examples: padded (input_ids with the pad token, labels with -100, as pairs have
+    varied lengths), or for packed rows (which carry position_ids) stacked as they are."""
     from transformers import DataCollatorForSeq2Seq
 
+    if packed:
+        return collate_packed
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+
+
+def collate_packed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Packed rows (stages.tokenize.pack_examples) stacked, with an attention_mask that marks
+    the real tokens, for counting them: the padding at the end of a row is the last sequence
+    (its position ids restart at 0) when it is all pad tokens without labels. model_inputs
+    removes the mask again before the model sees it."""
+    import torch
+
+    batch = {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
+    positions, labels = batch["position_ids"], batch["labels"]
+    width = positions.size(1)
+    index = torch.arange(width).expand_as(positions)
+    tail = torch.where(positions == 0, index, torch.zeros_like(index)).max(dim=1).values
+    after = index >= tail[:, None]
+    pad = after & (labels == -100) & (batch["input_ids"] == batch["input_ids"].gather(1, tail[:, None]))
+    is_tail = (pad.sum(dim=1) == width - tail) & (tail > 0)
+    length = torch.where(is_tail, tail, torch.full_like(tail, width))
+    batch["attention_mask"] = (index < length[:, None]).long()
+    return batch
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What the model gets for a batch. Packed rows go without the attention mask and the KV
+    cache: transformers tells packed sequences apart by their position ids only when there is
+    neither, and then keeps attention inside each sequence."""
+    if "position_ids" not in batch:
+        return batch
+    return {**{k: v for k, v in batch.items() if k != "attention_mask"}, "use_cache": False}

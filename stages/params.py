@@ -64,6 +64,13 @@ class IngestParams(Section):
     # pairs mode; None means: detect input/output, prompt/response or instruction/input/output
     prompt_field: str | None = None
     response_field: str | None = None
+    # chat mode; None means: detect messages / conversations (OpenAI, ShareGPT)
+    messages_field: str | None = None
+    # chat mode, long-form tables (one row per turn); None means: detect the usual names
+    conversation_field: str | None = None
+    turn_field: str | None = None
+    role_field: str | None = None
+    content_field: str | None = None
 
     @field_validator("encoding_fallback")
     @classmethod
@@ -102,7 +109,13 @@ class TokenizeParams(Section):
     block_size: int = Field(256, ge=8, le=131_072)
     prompt_template: str = "### Question:\n{prompt}\n\n### Answer:\n"
     use_chat_template: bool = False
+    # chat mode: a Jinja chat template; None: the base tokenizer's own, or a plain one if it has none
+    chat_template: str | None = None
+    system_prompt: str | None = None  # chat mode: the system turn of conversations that have none
+    train_on: Literal["all", "last"] = "all"  # chat mode: every assistant turn, or the last only
+    # pairs longer than block_size: truncate | drop; chat: truncate cuts at a turn boundary
     overlong: Literal["truncate", "drop"] = "truncate"
+    packing: bool = True  # pairs and chat: several short examples share one block_size row
 
     @model_validator(mode="after")
     def _template_has_prompt(self) -> TokenizeParams:
@@ -192,7 +205,7 @@ class ReportParams(Section):
 
 class Params(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    mode: Literal["text", "pairs"] = "text"
+    mode: Literal["text", "pairs", "chat"] = "text"
     # processes (tokenizer threads) of ingest, clean and tokenize; 0: one per CPU core. Speed only:
     # the outputs are the same bytes for any value, so dvc.yaml does not make it a dependency
     num_proc: int = Field(0, ge=0, le=1024)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-KEY = {"text": ("text",), "pairs": ("prompt", "response")}  # what makes two rows duplicates
+# what makes two rows duplicates; a conversation is its stored JSON (stages.conversations)
+KEY = {"text": ("text",), "pairs": ("prompt", "response"), "chat": ("conversation",)}
 
 
 def digest(*parts: str) -> bytes:

@@ -1,13 +1,18 @@
 """Tokenize data/processed/{train,val,test}.parquet with the base model's tokenizer into datasets
 saved under data/tokenized/{train,val,test}. Text mode packs documents joined by EOS into
 `tokenize.block_size` blocks; pairs mode renders each prompt with a template and masks its labels
-with -100, so the loss is on the answer only. Params: `mode`, `tokenize`."""
+with -100, so the loss is on the answer only; chat mode renders each conversation with the chat
+template and masks all but the assistant turns. Pairs and chat examples are packed several to a
+block (`tokenize.packing`), each with its own position ids, so none attends to another.
+Params: `mode`, `tokenize`, `ingest.on_error`."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from stages import conversations
 from stages.io import (
     atomic_output,
     parquet_rows,
@@ -26,7 +32,7 @@ from stages.io import (
 )
 from stages.models import context_length, load_tokenizer
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
-from stages.prompts import IGNORE, render_prompts
+from stages.prompts import IGNORE, Encoded, Renderer, RenderError, encode_chat, render_prompts
 
 CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
 
@@ -105,6 +111,73 @@ def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
         inputs.append(ids[: p.block_size])
         labels.append(([IGNORE] * len(prompt) + ids[len(prompt):])[: p.block_size])
     return inputs, labels, counts
+
+
+def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_error: str
+                  ) -> tuple[list[list[int]], list[list[int]], dict[str, int]]:
+    """input_ids and labels of each conversation (stages.prompts.encode_chat). One the template
+    cannot render faithfully ends the stage with one line naming its file and record
+    (`ingest.on_error: fail`) or is skipped and counted by reason (`skip`)."""
+    inputs, labels = [], []
+    counts: Counter[str] = Counter(truncated=0, dropped=0)
+    for record in df.itertuples(index=False):
+        try:
+            encoded, fate = encode_chat(conversations.loads(record.conversation), renderer,
+                                        p.block_size, p.overlong, p.train_on)
+        except RenderError as err:
+            if on_error == "fail":
+                raise UserError(f"{record.source}:{record.position}: {err} (set ingest.on_error: "
+                                "skip to skip it, or tokenize.chat_template)") from None
+            counts[f"skipped_{err.reason}"] += 1
+            continue
+        if fate:
+            counts[fate] += 1
+        if encoded is not None:
+            inputs.append(encoded.input_ids)
+            labels.append(encoded.labels)
+    return inputs, labels, dict(counts)
+
+
+def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of the examples in each bin of `capacity` tokens, by best-fit decreasing: each
+    example, longest first, goes to the bin it fills best. Deterministic; bins in order of
+    creation, examples in a bin in input order."""
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin), sorted
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at == len(free):
+            bins.append([i])
+            room, b = capacity - lengths[i], len(bins) - 1
+        else:
+            room, b = free.pop(at)
+            bins[b].append(i)
+            room -= lengths[i]
+        if room:
+            bisect.insort(free, (room, b))
+    return [sorted(b) for b in bins]
+
+
+def pack_examples(examples: list[Encoded], block_size: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Examples packed into rows of block_size tokens (best_fit): input_ids, labels and
+    position_ids that restart at 0 for each example, which is how transformers tells the packed
+    sequences apart (no attention across them, with SDPA, eager and FlashAttention alike). The
+    first token of each example has no label, so nothing is learned across a boundary; the rest
+    of a row is padding, a sequence of its own that has no labels."""
+    bins = best_fit([len(e.input_ids) for e in examples], block_size)
+    ids = np.full((len(bins), block_size), pad_id, dtype=np.int32)
+    labels = np.full((len(bins), block_size), IGNORE, dtype=np.int32)
+    positions = np.zeros((len(bins), block_size), dtype=np.int32)
+    for row, members in enumerate(bins):
+        at = 0
+        for i in members:
+            n = len(examples[i].input_ids)
+            ids[row, at:at + n] = examples[i].input_ids
+            labels[row, at + 1:at + n] = examples[i].labels[1:]
+            positions[row, at:at + n] = np.arange(n)
+            at += n
+        positions[row, at:] = np.arange(block_size - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def content_fingerprint(table: pa.Table) -> str:
@@ -192,38 +265,69 @@ def text_split(source: Path, tokenizer: Any, block_size: int, out: ExampleWriter
     return packer.stats()
 
 
-def pairs_split(source: Path, tokenizer: Any, p: TokenizeParams, out: ExampleWriter,
-                progress: Any = None) -> dict[str, int]:
-    """A split's pairs, one row group at a time, masked and written to `out`."""
-    stats = {"tokens": 0, "examples": 0, "answer_tokens": 0, "truncated": 0, "dropped": 0}
+def examples_split(source: Path, encode: Any, p: TokenizeParams, out: ExampleWriter, pad_id: int,
+                   progress: Any = None) -> dict[str, Any]:
+    """A split's pairs or conversations, one row group at a time: encoded by `encode` (a frame to
+    input_ids, labels and counts), packed into blocks (tokenize.packing) and written to `out`."""
+    stats: Counter[str] = Counter(tokens=0, examples=0, answer_tokens=0, truncated=0, dropped=0)
+    if p.packing:
+        stats["blocks"] = 0
     for i in range(row_groups(source)):
         df = read_row_group(source, i).to_pandas()
-        inputs, labels, counts = pair_examples(df, tokenizer, p)
+        inputs, labels, counts = encode(df)
         if progress is not None:
             progress.update(len(df))
-        out.add(pair_columns(inputs, labels))
+        if p.packing:
+            examples = [Encoded(x, y) for x, y in zip(inputs, labels, strict=True)]
+            columns = pack_examples(examples, p.block_size, pad_id)
+            out.add({k: fixed_rows(v) for k, v in columns.items()})
+            stats["blocks"] += len(columns["input_ids"])
+        else:
+            out.add(pair_columns(inputs, labels))
         stats["tokens"] += sum(map(len, inputs))
         stats["examples"] += len(inputs)
         stats["answer_tokens"] += sum(sum(1 for t in x if t != IGNORE) for x in labels)
-        for key, value in counts.items():
-            stats[key] += value
-    return stats
+        stats.update(counts)
+    summary: dict[str, Any] = dict(stats)
+    if p.packing:  # real tokens per block token, and how many examples share a block
+        summary["packing_efficiency"] = round(stats["tokens"] / max(1, stats["blocks"] * p.block_size), 4)
+        summary["examples_per_block"] = round(stats["examples"] / max(1, stats["blocks"]), 3)
+    return summary
 
 
-def schema(mode: str, block_size: int) -> pa.Schema:
-    ids = pa.list_(pa.int32()) if mode == "pairs" else pa.list_(pa.int32(), block_size)
-    return pa.schema([("input_ids", ids), ("labels", ids)])
+def fixed_rows(rows: np.ndarray) -> pa.Array:
+    """A (rows, block_size) array as an Arrow column of fixed-size lists."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel(), pa.int32()), rows.shape[1])
+
+
+def schema(mode: str, p: TokenizeParams) -> pa.Schema:
+    """Packed blocks (text mode, or pairs/chat with packing) are fixed-size rows; packed pairs
+    and chat also carry position ids. Unpacked examples have their own lengths."""
+    if mode != "text" and not p.packing:
+        ids = pa.list_(pa.int32())
+        return pa.schema([("input_ids", ids), ("labels", ids)])
+    ids = pa.list_(pa.int32(), p.block_size)
+    columns = ["input_ids", "labels"] + (["position_ids"] if mode != "text" else [])
+    return pa.schema([(name, ids) for name in columns])
 
 
 def dropped_share(stats: dict[str, dict[str, int]], mode: str) -> float:
-    """Text mode: the share of tokens left over by packing; pairs mode: of examples dropped."""
-    if mode == "pairs":
+    """Text mode: the share of tokens left over by packing; pairs and chat: of examples dropped."""
+    if mode != "text":
         lost = sum(s["dropped"] for s in stats.values())
         total = sum(s["examples"] + s["dropped"] for s in stats.values())
     else:
         lost = sum(s["remainder_tokens"] for s in stats.values())
         total = sum(s["tokens"] for s in stats.values())
     return round(lost / max(1, total), 6)
+
+
+def encoder(params: Params, tokenizer: Any) -> Any:
+    """The function that turns a frame of pairs or conversations into examples."""
+    if params.mode == "chat":
+        renderer = Renderer(tokenizer, params.tokenize)
+        return lambda df: chat_examples(df, renderer, params.tokenize, params.ingest.on_error)
+    return lambda df: pair_examples(df, tokenizer, params.tokenize)
 
 
 def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
@@ -238,6 +342,8 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     # the Rust tokenizer's threads; read when it first encodes, so set before that
     os.environ["RAYON_NUM_THREADS"] = str(workers(params.num_proc))
     tokenizer = load_tokenizer(paths.base_model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encode = encoder(params, tokenizer)
     datasets.disable_progress_bars()  # saving is quick next to tokenizing: one bar, below
     rows = sum(parquet_rows(paths.split_file(name)) for name in SPLITS)
     progress = tqdm(desc="tokenize", unit="passage", unit_scale=True, total=rows,
@@ -246,12 +352,12 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     with atomic_output(paths.tokenized) as tmp, progress:  # all splits appear together or none
         tmp.mkdir()
         for name in SPLITS:
-            out = ExampleWriter(tmp / f".{name}.arrow", schema(params.mode, p.block_size))
+            out = ExampleWriter(tmp / f".{name}.arrow", schema(params.mode, p))
             try:
                 source = paths.split_file(name)
-                summary[name] = (pairs_split(source, tokenizer, p, out, progress)
-                                 if params.mode == "pairs"
-                                 else text_split(source, tokenizer, p.block_size, out, progress))
+                summary[name] = (text_split(source, tokenizer, p.block_size, out, progress)
+                                 if params.mode == "text"
+                                 else examples_split(source, encode, p, out, pad_id, progress))
                 if not out.rows:
                     raise UserError(f"tokenize: the {name} split gives no example of "
                                     f"tokenize.block_size={p.block_size} tokens; lower it or add data")

@@ -24,7 +24,14 @@ from typing import Any
 from transformers import ProgressCallback, TrainerCallback
 
 from stages.io import atomic_output, remove, stage_main, write_json
-from stages.models import collator, load_model, load_tokenizer, pick_device, pick_precision
+from stages.models import (
+    collator,
+    load_model,
+    load_tokenizer,
+    model_inputs,
+    pick_device,
+    pick_precision,
+)
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
 
 # transformers 5 deprecates `model.is_gradient_checkpointing`, which the training loop still reads
@@ -109,6 +116,18 @@ class CompleteCheckpoints(TrainerCallback):
         for old in Path(args.output_dir).glob("checkpoint-*"):
             if old.resolve() not in keep:
                 shutil.rmtree(old)
+
+
+def packed_trainer() -> type:
+    """The Trainer, giving packed rows to the model as stages.models.model_inputs says (the
+    attention mask of a packed batch only counts real tokens for tokens/s)."""
+    from transformers import Trainer
+
+    class PackedTrainer(Trainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            return super().compute_loss(model, model_inputs(inputs), *args, **kwargs)
+
+    return PackedTrainer
 
 
 def fingerprint(params: Params, paths: Paths) -> str:
@@ -318,7 +337,7 @@ def resume_for(params: Params, paths: Paths) -> Path | None:
 
 def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, Any]:
     import datasets
-    from transformers import EarlyStoppingCallback, Trainer, set_seed
+    from transformers import EarlyStoppingCallback, set_seed
 
     p = params.train
     device = pick_device(p.device)
@@ -341,8 +360,10 @@ def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, 
             callbacks.append(LiveLosses(live))
         if p.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set,
-                          data_collator=collator(tokenizer), callbacks=callbacks)
+        packed = "position_ids" in train_set.column_names
+        trainer = packed_trainer()(model=model, args=args, train_dataset=train_set,
+                                   eval_dataset=val_set, data_collator=collator(tokenizer, packed),
+                                   callbacks=callbacks)
         if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
             trainer.add_callback(QuietProgress())
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
