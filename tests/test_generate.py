@@ -96,3 +96,35 @@ def test_the_console_script_is_installed_and_reports_errors_in_one_line(project:
     assert missing.stderr.strip().splitlines()[-1] == (
         "generate: error: models/nowhere: no model there; run the stages before this one "
         "(uv run dvc repro)")
+
+
+@pytest.fixture
+def chat_project(trained_chat: tuple[Params, Paths], monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = trained_chat[1].base_model.parents[1]
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_chat_session_keeps_the_history(chat_project: Path) -> None:
+    args = generate.parse_args(["--chat", "--system", "You are Robin.", "--temperature", "0",
+                                "--max-new-tokens", "6"])
+    params = generate.read_params(Path("params.yaml"))
+    bot = generate.Generator(Path("models/finetuned"), args, params, "cpu")
+    first = bot("Where is my order FH-1001?", io.StringIO())
+    second = bot("Can I return it?", io.StringIO())
+    assert [m["role"] for m in bot.history] == ["user", "assistant"] * 2
+    assert bot.history[1]["content"] == first.strip() and bot.history[3]["content"] == second.strip()
+    text, _ = generate.render("And now?", bot.tokenizer, params, "chat", bot.history, "You are Robin.")
+    assert text.startswith("You are Robin.\n\n### User:\nWhere is my order FH-1001?")
+    assert "### User:\nCan I return it?" in text and text.endswith("### User:\nAnd now?\n\n### Assistant:\n")
+    # the same session through the command, with piped input
+    out = run("--chat", "--temperature", "0", "--max-new-tokens", "6", "--system", "You are Robin.",
+              stdin="Where is my order FH-1001?\nCan I return it?\n\n")
+    assert out.getvalue() == f"{first}\n\n{second}\n\n"  # a blank line after each reply
+
+
+def test_one_shot_in_chat_mode_answers_as_a_user_message(chat_project: Path) -> None:
+    out = run("Where is my order FH-1001?", "--temperature", "0", "--max-new-tokens", "6")
+    assert out.getvalue().strip() and "FH-1001?" not in out.getvalue().split("\n")[0][:12]
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--chat", "a prompt"])

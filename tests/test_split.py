@@ -55,3 +55,32 @@ def test_split_with_too_few_records(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"too few: train, val and test need at least one each "
                                         r"\(got train \d, val \d, test \d\)"):
         split.run(tiny_params(), paths)
+
+
+def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path: Path) -> None:
+    import json
+
+    from stages import conversations
+    from tests.conftest import support_conversations
+
+    convs = support_conversations(40)
+    # an exact duplicate (after clean's normalisation) of conversation 3, and of 5 with spaces
+    extra = [convs[3], {"messages": [{**m, "content": f"  {m['content']}  "}
+                                     for m in convs[5]["messages"]]}]
+    raw = tmp_path / "raw" / "chats.jsonl"
+    raw.parent.mkdir()
+    raw.write_text("\n".join(json.dumps(c) for c in convs + extra) + "\n", encoding="utf-8")
+    params = tiny_params(mode="chat", ingest={"paths": [str(raw)]})
+    paths = PATHS.under(tmp_path)
+    ingest.run(params, paths)
+    cleaned = clean.run(params, paths)
+    assert cleaned["records_in"] == 42 and cleaned["records_out"] == 40
+    assert cleaned["dropped_by_reason"] == {"duplicate": 2}
+    split.run(params, paths)
+    seen: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        for conv in pd.read_parquet(paths.split_file(name))["conversation"]:
+            first = conversations.loads(conv)["messages"][0]["content"]
+            assert first not in seen, f"{first!r} in {seen.get(first)} and {name}"
+            seen[first] = name
+    assert len(seen) == 40 and set(seen.values()) == {"train", "val", "test"}
