@@ -106,8 +106,8 @@ class Renderer:
             if m["role"] == "tool":
                 self._check_context(messages, tools, i, full)
         for i in trained_turns(messages):
-            before = self(messages[:i], tools, generation_prompt=True)
             upto = self(messages[: i + 1], tools)
+            before = self._before(messages, tools, i, upto)
             if not upto.startswith(before) or not full.startswith(upto):
                 raise RenderError("inconsistent_template", f"message {i + 1}: the chat template "
                                   "renders this conversation differently turn by turn, so its "
@@ -124,6 +124,19 @@ class Renderer:
             spans.append((len(before), len(before) + len(turn)))
             ends.append(len(upto))
         return full, spans, ends
+
+    def _before(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
+                upto: str) -> str:
+        """The text before assistant turn i: the generation prompt after the turns before it, or
+        for a conversation that opens with the assistant (a greeting), whatever the template
+        puts before that turn's text."""
+        if i:
+            return self(messages[:i], tools, generation_prompt=True)
+        at = upto.find(messages[0]["content"]) if messages[0]["content"] else -1
+        if at < 0:
+            raise RenderError("inconsistent_template", "message 1: the chat template does not "
+                              "render the assistant's text as it is")
+        return upto[:at]
 
     def _check_context(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
                        full: str) -> None:

@@ -152,3 +152,13 @@ def test_reply_prompt_and_stop_tokens(smollm2_tokenizer: Any, tiny_tokenizer: An
     plain = Renderer(tiny_tokenizer, TokenizeParams())
     assert plain.template == PLAIN_CHAT_TEMPLATE
     assert stop_token_ids(plain) == [tiny_tokenizer.eos_token_id]
+
+
+def test_a_conversation_that_opens_with_the_assistant(smollm2_tokenizer: Any,
+                                                      tiny_tokenizer: Any) -> None:
+    conv = {"messages": [{"role": "assistant", "content": "Hello! How can I help today?"},
+                         *CONV["messages"][1:3]]}
+    for tokenizer, end in ((smollm2_tokenizer, "<|im_end|>"), (tiny_tokenizer, tiny_tokenizer.eos_token)):
+        encoded, _ = encode(conv, tokenizer)
+        assert labelled_runs(tokenizer, encoded.labels) == [
+            f"Hello! How can I help today?{end}", f"{ASSISTANT[0]}{end}"]

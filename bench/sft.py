@@ -1,0 +1,236 @@
+"""Training on short examples (pairs and chat), side by side in one run:
+`uv run --group bench python -m bench.sft [--steps N] [--quick]`.
+
+For the pairs example and the chat example it trains the same model, on the same train split,
+for the same steps and hyperparameters (CPU fp32 everywhere: TRL's SFTConfig defaults to bf16,
+which this CPU runs many times slower), four ways:
+
+- this pipeline, packed (`tokenize.packing: true`, the default) and padded (`packing: false`);
+- TRL's SFTTrainer with its own packing, "bfd" (best-fit decreasing, padding-free) and
+  "wrapped" (concatenate and cut), and completion-only loss;
+
+and reports real (non-padding) training tokens per second, and the answer perplexity each model
+reaches on the same test tokens (this pipeline's tokenized test split, scored by the evaluate
+stage's own function). Chat uses `tokenize.train_on: last`, the loss TRL's prompt/completion
+form gives (its assistant_only_loss needs `{% generation %}` markers that SmolLM2's template
+lacks). Writes bench/sft.json and the "Short examples" section of bench/results.md.
+Benchmarks are not tests: nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.model_bench import base_model_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, LR = 4, 1.0e-4
+DATA = {"pairs": "data/examples/pairs", "chat": "data/examples/chat"}
+BLOCK = {"pairs": 256, "chat": 512}  # the sample chats are 97-313 tokens (SmolLM2), the pairs ~120
+TARGETS = {"packed_vs_padded": 1.3, "packed_vs_trl": 1.2}
+SECTION = ("<!-- sft:start -->", "<!-- sft:end -->")
+
+
+def prepare(mode: str, packing: bool, base: Path, where: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """The data stages of this pipeline on the example (default params but the mode, the data,
+    packing and, for chat, train_on: last): the params, the paths and tokenize's summary."""
+    from stages import clean, ingest, split, tokenize
+    from stages.params import PATHS, Params
+
+    params = Params.model_validate({
+        "mode": mode, "ingest": {"paths": [str(ROOT / DATA[mode])]},
+        "tokenize": {"block_size": BLOCK[mode], "packing": packing,
+                     **({"train_on": "last"} if mode == "chat" else {})}})
+    paths = PATHS.under(where)
+    paths.base_model.parent.mkdir(parents=True, exist_ok=True)
+    paths.base_model.symlink_to(base)
+    for stage in (ingest, clean, split):
+        stage.run(params, paths)
+    return params, paths, tokenize.run(params, paths)
+
+
+def arguments(out: str, steps: int, **extra: Any) -> dict[str, Any]:
+    """The training arguments every contender shares."""
+    return dict(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps,
+                learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0.05, seed=42,
+                data_seed=42, optim="adamw_torch_fused", save_strategy="no", report_to="none",
+                use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, logging_strategy="no",
+                include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, **extra)
+
+
+def ours(model: Any, tokenizer: Any, paths: Any, steps: int) -> tuple[Any, float, int]:
+    """This pipeline's Trainer on its tokenized train split (packed or padded)."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from stages.models import collator
+    from stages.train import packed_trainer
+
+    train = datasets.load_from_disk(str(paths.tokenized / "train"))
+    packed = "position_ids" in train.column_names
+    with tempfile.TemporaryDirectory() as out:
+        trainer = packed_trainer()(model=model, args=TrainingArguments(**arguments(out, steps)),
+                                   train_dataset=train, data_collator=collator(tokenizer, packed))
+        return timed(trainer)
+
+
+def trl_dataset(params: Any, paths: Any, tokenizer: Any) -> Any:
+    """The same train split in TRL's prompt/completion form: pairs rendered with this pipeline's
+    prompt template; conversations as their history and last assistant turn."""
+    import datasets
+    import pandas as pd
+
+    from stages import conversations
+    from stages.prompts import render_prompts
+
+    df = pd.read_parquet(paths.split_file("train"))
+    if params.mode == "pairs":
+        return datasets.Dataset.from_dict({
+            "prompt": render_prompts(df["prompt"].tolist(), tokenizer, params.tokenize),
+            "completion": df["response"].tolist()})
+    prompts, completions = [], []
+    for conv in df["conversation"]:
+        messages = conversations.loads(conv)["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompts.append(messages[:last])
+        completions.append([messages[last]])
+    return datasets.Dataset.from_dict({"prompt": prompts, "completion": completions})
+
+
+def trl(model: Any, tokenizer: Any, dataset: Any, strategy: str, steps: int, block: int
+        ) -> tuple[Any, float, int]:
+    """TRL's SFTTrainer with its packing strategy and completion-only loss."""
+    from trl import SFTConfig, SFTTrainer
+
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(**arguments(out, steps), max_length=block, packing=True,
+                           packing_strategy=strategy, completion_only_loss=True)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
+                             processing_class=tokenizer)
+        return timed(trainer)
+
+
+def timed(trainer: Any) -> tuple[Any, float, int]:
+    """Train; the model, the seconds of the training loop, the real tokens it saw."""
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = result.metrics.get("train_runtime") or time.perf_counter() - started
+    return trainer.model, seconds, int(trainer.state.num_input_tokens_seen)
+
+
+def answer_perplexity(model: Any, tokenizer: Any, test_paths: Any) -> float:
+    import datasets
+
+    from stages.evaluate import mean_token_loss
+
+    test = datasets.load_from_disk(str(test_paths.tokenized / "test"))
+    loss, _ = mean_token_loss(model, test, tokenizer, 8, "cpu", "test")
+    return round(math.exp(loss), 3)
+
+
+def fresh_model(base: Path, quick: bool) -> Any:
+    from transformers import AutoModelForCausalLM, LlamaConfig, set_seed
+
+    from stages.models import load_model, load_tokenizer
+
+    set_seed(42)
+    if not quick:
+        return load_model(base)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2,
+                         vocab_size=len(load_tokenizer(base)))
+    return AutoModelForCausalLM.from_config(config)
+
+
+def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path) -> dict[str, Any]:
+    from stages.models import load_tokenizer
+
+    tokenizer = load_tokenizer(base)
+    packed_params, packed_paths, summary = prepare(mode, True, base, where / f"{mode}-packed")
+    _, padded_paths, _ = prepare(mode, False, base, where / f"{mode}-padded")
+    stats = summary["train"]
+    dataset = trl_dataset(packed_params, packed_paths, tokenizer)
+    runs = {
+        "packed": lambda m: ours(m, tokenizer, packed_paths, steps),
+        "padded": lambda m: ours(m, tokenizer, padded_paths, steps),
+        "trl_bfd": lambda m: trl(m, tokenizer, dataset, "bfd", steps, BLOCK[mode]),
+        "trl_wrapped": lambda m: trl(m, tokenizer, dataset, "wrapped", steps, BLOCK[mode]),
+    }
+    results: dict[str, Any] = {"block_size": BLOCK[mode], "train_examples": stats["examples"],
+                               "truncated": stats["truncated"], "dropped": stats["dropped"],
+                               "packing_efficiency": stats["packing_efficiency"],
+                               "examples_per_block": stats["examples_per_block"]}
+    for name, run in runs.items():
+        model, seconds, tokens = run(fresh_model(base, quick))
+        results[name] = {"tokens_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
+                         "real_tokens": tokens,
+                         "perplexity": answer_perplexity(model, tokenizer, packed_paths)}
+        print(f"sft bench: {mode} {name}: {results[name]}", flush=True)
+    results["base_perplexity"] = answer_perplexity(fresh_model(base, quick), tokenizer, packed_paths)
+    best_trl = max(results["trl_bfd"]["tokens_s"], results["trl_wrapped"]["tokens_s"])
+    results["packed_vs_padded"] = round(results["packed"]["tokens_s"] / results["padded"]["tokens_s"], 2)
+    results["packed_vs_trl"] = round(results["packed"]["tokens_s"] / best_trl, 2)
+    return results
+
+
+def table(results: dict[str, Any], steps: int, model: str) -> str:
+    lines = [SECTION[0], "## Short examples: packed vs padded vs TRL", "",
+             f"{model}, {steps} steps of batch {BATCH}, lr {LR:g}, CPU fp32, blocks (and TRL's "
+             f"max_length) of {BLOCK['pairs']} tokens for pairs and {BLOCK['chat']} for chat; the "
+             "same train split and test tokens for all; real (non-padding) tokens/s; answer "
+             "perplexity on the test split.", "",
+             "| data | contender | real tokens/s | train time | answer perplexity |",
+             "|---|---|---|---|---|"]
+    names = {"packed": "this pipeline, packed", "padded": "this pipeline, padded",
+             "trl_bfd": "TRL SFTTrainer, packing bfd (padding-free)",
+             "trl_wrapped": "TRL SFTTrainer, packing wrapped"}
+    for mode, r in results.items():
+        lines.append(f"| {mode} | base model | | | {r['base_perplexity']} |")
+        for key, label in names.items():
+            lines.append(f"| {mode} | {label} | {r[key]['tokens_s']} | {r[key]['seconds']} s "
+                         f"| {r[key]['perplexity']} |")
+    lines += ["", "| data | packed ÷ padded (target ≥ 1.3×) | packed ÷ faster TRL (target ≥ 1.2×) "
+              "| packing efficiency | examples per block |", "|---|---|---|---|---|"]
+    for mode, r in results.items():
+        marks = [("" if r[k] >= TARGETS[k] else " **not met**") for k in TARGETS]
+        lines.append(f"| {mode} | {r['packed_vs_padded']}×{marks[0]} | {r['packed_vs_trl']}×"
+                     f"{marks[1]} | {r['packing_efficiency']} | {r['examples_per_block']} |")
+    return "\n".join(lines + [SECTION[1]]) + "\n"
+
+
+def write_section(md: Path, section: str) -> None:
+    """bench/results.md with its short-examples section replaced (or appended)."""
+    text = md.read_text(encoding="utf-8") if md.exists() else ""
+    pattern = re.compile(re.escape(SECTION[0]) + ".*?" + re.escape(SECTION[1]) + "\n?", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text}\n{section}"
+    md.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.sft", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="a tiny model: a smoke test")
+    parser.add_argument("--modes", nargs="+", default=list(DATA), choices=list(DATA))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as where:
+        base = base_model_dir(Path(where))
+        results = {mode: bench_mode(mode, base, args.steps, args.quick, Path(where) / mode)
+                   for mode in args.modes}
+    model = "tiny model (2 layers, width 64)" if args.quick else "SmolLM2-135M-Instruct"
+    out = ROOT / "bench" / ("sft-quick.json" if args.quick else "sft.json")
+    out.write_text(json.dumps({"model": model, "steps": args.steps, "results": results}, indent=2) + "\n")
+    if not args.quick:
+        write_section(ROOT / "bench" / "results.md", table(results, args.steps, model))
+    print(table(results, args.steps, model))
+
+
+if __name__ == "__main__":
+    main()
