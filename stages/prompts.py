@@ -104,7 +104,7 @@ class Renderer:
         spans, ends = [], []
         for i, m in enumerate(messages):
             if m["role"] == "tool":
-                self._check_context(messages, tools, i, full)
+                self._check_context(messages, tools, i)
         for i in trained_turns(messages):
             upto = self(messages[: i + 1], tools)
             before = self._before(messages, tools, i, upto)
@@ -138,8 +138,8 @@ class Renderer:
                               "render the assistant's text as it is")
         return upto[:at]
 
-    def _check_context(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
-                       full: str) -> None:
+    def _check_context(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int
+                       ) -> None:
         """A tool result must appear in the text, or the template cannot take tool turns."""
         upto = self(messages[: i + 1], tools)
         if messages[i]["content"].strip() not in upto[len(self(messages[:i], tools)):]:
