@@ -66,7 +66,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, 
         with torch.inference_mode():
             ids = model.generate(**batch, do_sample=False, max_new_tokens=p.max_new_tokens,
                                  repetition_penalty=p.repetition_penalty,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 **({"eos_token_id": stop} if stop else {}))
         new = ids[:, batch["input_ids"].shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs

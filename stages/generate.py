@@ -117,7 +117,7 @@ class Generator:
                 top_p=self.args.top_p if sampling else None, top_k=None,
                 repetition_penalty=self.args.repetition_penalty, streamer=streamer,
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                eos_token_id=self.stop)
+                **({"eos_token_id": self.stop} if self.stop else {}))
         out.write("\n")
         out.flush()
         if self.args.chat:

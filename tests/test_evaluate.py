@@ -122,3 +122,21 @@ def test_packed_and_padded_test_sets_give_the_same_loss(trained_chat: tuple[Para
                                         tokenizer, 4, "cpu", "t") for p in (paths, padded_paths)]
     assert results[0][1] == results[1][1]
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
+
+
+def test_generation_stops_at_the_models_own_eos_unless_told_otherwise(
+        trained: tuple[Params, Paths]) -> None:
+    from stages.params import EvaluateParams
+
+    _, paths = trained
+    model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
+    p = EvaluateParams(max_new_tokens=8, batch_size=1, repetition_penalty=1.0)
+    first = tokenizer("The miller", return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        greedy = int(model(**first).logits[0, -1].argmax())
+    model.generation_config.eos_token_id = greedy  # the first token it would write ends it
+    one = tokenizer.decode([greedy]).strip()
+    assert evaluate.generate(model, tokenizer, ["The miller"], p, "cpu", "t") == [one]
+    other = next(i for i in range(len(tokenizer)) if i != greedy)
+    longer = evaluate.generate(model, tokenizer, ["The miller"], p, "cpu", "t", stop=[other])[0]
+    assert longer.startswith(one) and len(longer) > len(one)
