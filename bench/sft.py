@@ -5,7 +5,8 @@ For the pairs example and the chat example it trains the same model, on the same
 for the same steps and hyperparameters (CPU fp32 everywhere: TRL's SFTConfig defaults to bf16,
 which this CPU runs many times slower), four ways:
 
-- this pipeline, packed (`tokenize.packing: true`, the default) and padded (`packing: false`);
+- this pipeline, packed (`tokenize.packing: true`, the default) and padded (`packing: false`),
+  padded also with a batch of as many examples as a packed batch holds (the same data per step);
 - TRL's SFTTrainer with its own packing, "bfd" (best-fit decreasing, padding-free) and
   "wrapped" (concatenate and cut), and completion-only loss;
 
@@ -65,7 +66,8 @@ def arguments(out: str, steps: int, **extra: Any) -> dict[str, Any]:
                 include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, **extra)
 
 
-def ours(model: Any, tokenizer: Any, paths: Any, steps: int) -> tuple[Any, float, int]:
+def ours(model: Any, tokenizer: Any, paths: Any, steps: int, batch: int = BATCH
+         ) -> tuple[Any, float, int]:
     """This pipeline's Trainer on its tokenized train split (packed or padded)."""
     import datasets
     from transformers import TrainingArguments
@@ -76,7 +78,8 @@ def ours(model: Any, tokenizer: Any, paths: Any, steps: int) -> tuple[Any, float
     train = datasets.load_from_disk(str(paths.tokenized / "train"))
     packed = "position_ids" in train.column_names
     with tempfile.TemporaryDirectory() as out:
-        trainer = packed_trainer()(model=model, args=TrainingArguments(**arguments(out, steps)),
+        args = TrainingArguments(**{**arguments(out, steps), "per_device_train_batch_size": batch})
+        trainer = packed_trainer()(model=model, args=args,
                                    train_dataset=train, data_collator=collator(tokenizer, packed))
         return timed(trainer)
 
@@ -149,34 +152,49 @@ def fresh_model(base: Path, quick: bool) -> Any:
     return AutoModelForCausalLM.from_config(config)
 
 
-def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path) -> dict[str, Any]:
+def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path,
+               contenders: list[str] | None = None, results: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Every contender (or those named, merged into earlier `results`) on one example."""
     from stages.models import load_tokenizer
 
     tokenizer = load_tokenizer(base)
     packed_params, packed_paths, summary = prepare(mode, True, base, where / f"{mode}-packed")
     _, padded_paths, _ = prepare(mode, False, base, where / f"{mode}-padded")
     stats = summary["train"]
+    same_examples = round(BATCH * stats["examples_per_block"])  # examples in a packed batch
     dataset = trl_dataset(packed_params, packed_paths, tokenizer)
     runs = {
         "packed": lambda m: ours(m, tokenizer, packed_paths, steps),
         "padded": lambda m: ours(m, tokenizer, padded_paths, steps),
+        "padded_same_examples": lambda m: ours(m, tokenizer, padded_paths, steps, same_examples),
         "trl_bfd": lambda m: trl(m, tokenizer, dataset, "bfd", steps, BLOCK[mode]),
         "trl_wrapped": lambda m: trl(m, tokenizer, dataset, "wrapped", steps, BLOCK[mode]),
     }
-    results: dict[str, Any] = {"block_size": BLOCK[mode], "train_examples": stats["examples"],
-                               "truncated": stats["truncated"], "dropped": stats["dropped"],
-                               "packing_efficiency": stats["packing_efficiency"],
-                               "examples_per_block": stats["examples_per_block"]}
+    results = dict(results or {})
+    results |= {"block_size": BLOCK[mode], "same_examples_batch": same_examples,
+                "train_examples": stats["examples"], "truncated": stats["truncated"],
+                "dropped": stats["dropped"],
+                "packing_efficiency": stats["packing_efficiency"],
+                "examples_per_block": stats["examples_per_block"]}
     for name, run in runs.items():
+        if contenders and name not in contenders:
+            continue
         model, seconds, tokens = run(fresh_model(base, quick))
         results[name] = {"tokens_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
                          "real_tokens": tokens,
                          "perplexity": answer_perplexity(model, tokenizer, packed_paths)}
         print(f"sft bench: {mode} {name}: {results[name]}", flush=True)
-    results["base_perplexity"] = answer_perplexity(fresh_model(base, quick), tokenizer, packed_paths)
+    if "base_perplexity" not in results:
+        results["base_perplexity"] = answer_perplexity(fresh_model(base, quick), tokenizer,
+                                                       packed_paths)
     best_trl = max(results["trl_bfd"]["tokens_s"], results["trl_wrapped"]["tokens_s"])
-    results["packed_vs_padded"] = round(results["packed"]["tokens_s"] / results["padded"]["tokens_s"], 2)
-    results["packed_vs_trl"] = round(results["packed"]["tokens_s"] / best_trl, 2)
+    packed = results["packed"]["tokens_s"]
+    results["packed_vs_padded"] = round(packed / results["padded"]["tokens_s"], 2)
+    if "padded_same_examples" in results:
+        results["packed_vs_padded_same_examples"] = round(
+            packed / results["padded_same_examples"]["tokens_s"], 2)
+    results["packed_vs_trl"] = round(packed / best_trl, 2)
     return results
 
 
@@ -189,19 +207,28 @@ def table(results: dict[str, Any], steps: int, model: str) -> str:
              "| data | contender | real tokens/s | train time | answer perplexity |",
              "|---|---|---|---|---|"]
     names = {"packed": "this pipeline, packed", "padded": "this pipeline, padded",
+             "padded_same_examples": "this pipeline, padded, batch of as many examples",
              "trl_bfd": "TRL SFTTrainer, packing bfd (padding-free)",
              "trl_wrapped": "TRL SFTTrainer, packing wrapped"}
     for mode, r in results.items():
         lines.append(f"| {mode} | base model | | | {r['base_perplexity']} |")
         for key, label in names.items():
+            if key not in r:
+                continue
+            if key == "padded_same_examples":
+                label = (f"this pipeline, padded, batch {r['same_examples_batch']} (the examples "
+                         "of a packed batch)")
             lines.append(f"| {mode} | {label} | {r[key]['tokens_s']} | {r[key]['seconds']} s "
                          f"| {r[key]['perplexity']} |")
-    lines += ["", "| data | packed ÷ padded (target ≥ 1.3×) | packed ÷ faster TRL (target ≥ 1.2×) "
-              "| packing efficiency | examples per block |", "|---|---|---|---|---|"]
+    lines += ["", "| data | packed ÷ padded (target ≥ 1.3×) | packed ÷ padded, same examples "
+              "per step | packed ÷ faster TRL (target ≥ 1.2×) | packing efficiency | examples "
+              "per block |", "|---|---|---|---|---|---|"]
     for mode, r in results.items():
         marks = [("" if r[k] >= TARGETS[k] else " **not met**") for k in TARGETS]
-        lines.append(f"| {mode} | {r['packed_vs_padded']}×{marks[0]} | {r['packed_vs_trl']}×"
-                     f"{marks[1]} | {r['packing_efficiency']} | {r['examples_per_block']} |")
+        same = r.get("packed_vs_padded_same_examples")
+        lines.append(f"| {mode} | {r['packed_vs_padded']}×{marks[0]} | "
+                     f"{f'{same}×' if same else ''} | {r['packed_vs_trl']}×{marks[1]} | "
+                     f"{r['packing_efficiency']} | {r['examples_per_block']} |")
     return "\n".join(lines + [SECTION[1]]) + "\n"
 
 
@@ -218,14 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="a tiny model: a smoke test")
     parser.add_argument("--modes", nargs="+", default=list(DATA), choices=list(DATA))
+    parser.add_argument("--contenders", nargs="+", default=None,
+                        help="run only these (packed, padded, padded_same_examples, trl_bfd, "
+                        "trl_wrapped) and merge them into the existing results")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = ROOT / "bench" / ("sft-quick.json" if args.quick else "sft.json")
+    earlier = json.loads(out.read_text())["results"] if args.contenders and out.exists() else {}
     with tempfile.TemporaryDirectory() as where:
         base = base_model_dir(Path(where))
-        results = {mode: bench_mode(mode, base, args.steps, args.quick, Path(where) / mode)
-                   for mode in args.modes}
+        results = {**earlier, **{mode: bench_mode(mode, base, args.steps, args.quick,
+                                                  Path(where) / mode, args.contenders,
+                                                  earlier.get(mode))
+                                 for mode in args.modes}}
     model = "tiny model (2 layers, width 64)" if args.quick else "SmolLM2-135M-Instruct"
-    out = ROOT / "bench" / ("sft-quick.json" if args.quick else "sft.json")
     out.write_text(json.dumps({"model": model, "steps": args.steps, "results": results}, indent=2) + "\n")
     if not args.quick:
         write_section(ROOT / "bench" / "results.md", table(results, args.steps, model))
