@@ -68,6 +68,12 @@ def content_text(content: Any, where: str) -> str:
     return "\n".join(texts)
 
 
+def _is_parts(content: Any) -> bool:
+    """A list of content parts (or one part), as opposed to any other JSON value."""
+    parts = content if isinstance(content, list) else [content]
+    return all(isinstance(p, str) or (isinstance(p, dict) and "type" in p) for p in parts)
+
+
 def _arguments(value: Any) -> Any:
     """A call's arguments as an object where they are JSON (chat templates expect a mapping)."""
     if isinstance(value, str):
@@ -130,7 +136,10 @@ def message(raw: Any, index: int) -> dict[str, Any]:
                                 f"{', '.join(sorted(ROLES))})")
     where = f"{where} ({name})"
     content_key = _first_key(raw, CONTENT_KEYS)
-    text = content_text(raw[content_key] if content_key else None, where)
+    content = raw[content_key] if content_key else None
+    if role == "tool" and isinstance(content, (dict, list)) and not _is_parts(content):
+        content = json.dumps(content, ensure_ascii=False)  # a tool's result as an object
+    text = content_text(content, where)
     out: dict[str, Any] = {"role": role, "content": text}
     if role == "function_call":
         out = {"role": "assistant", "content": "", "tool_calls": _sharegpt_call(text, where)}
@@ -142,7 +151,7 @@ def message(raw: Any, index: int) -> dict[str, Any]:
         for key in ("tool_call_id", "name"):
             if isinstance(raw.get(key), str):
                 out[key] = raw[key]
-    if out["role"] == "assistant" and raw.get("weight") == 0:
+    if out["role"] == "assistant" and str(raw.get("weight", 1)).strip().lower() in {"0", "0.0", "false"}:
         out["weight"] = 0
     return out
 
@@ -183,6 +192,11 @@ def conversation(raw_messages: Any, system: Any = None, tools: Any = None) -> di
         except ValueError:
             tools = None
     if isinstance(tools, list) and tools:
+        if not all(isinstance(t, dict) and isinstance(
+                (t["function"] if isinstance(t.get("function"), dict) else t).get("name"), str)
+                for t in tools):
+            raise ConversationError("invalid_tools", "'tools' must be a list of function "
+                                    "definitions, each with a name")
         out["tools"] = tools
     return out
 
@@ -214,13 +228,21 @@ def from_record(record: dict[str, Any], field: str) -> dict[str, Any]:
     return conversation(raw, record.get("system"), record.get("tools"))
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or not str(value).strip()
+
+
 def turn_order(values: list[Any]) -> list[int]:
     """Positions sorted by turn: numerically when every value is a number, else as text (ISO
-    timestamps sort this way); ties keep file order."""
+    timestamps sort this way); ties keep file order. A missing value is a ConversationError:
+    any place given to it would be a guess."""
+    if any(map(_missing, values)):
+        raise ConversationError("missing_turn", f"a turn without its order ({sum(map(_missing, values))} "
+                                f"of {len(values)} rows)")
     try:
         keys: list[Any] = [float(v) for v in values]
     except (TypeError, ValueError):
-        keys = [str(v) for v in values]
+        keys = [str(v).strip() for v in values]
     return sorted(range(len(values)), key=lambda i: keys[i])
 
 
@@ -234,7 +256,7 @@ def group_turns(rows: list[tuple[str, dict[str, Any]]], conversation_key: str,
     first_row: dict[str, str] = {}
     for position, row in rows:
         cid = row.get(conversation_key)
-        if cid is None or (isinstance(cid, float) and cid != cid) or not str(cid).strip():
+        if _missing(cid):
             yield position, ConversationError("missing_conversation_id",
                                               f"no conversation id ('{conversation_key}')")
             continue
@@ -242,16 +264,20 @@ def group_turns(rows: list[tuple[str, dict[str, Any]]], conversation_key: str,
         groups.setdefault(cid, []).append(row)
         first_row.setdefault(cid, position)
     for cid, turns in groups.items():
+        where = f"{first_row[cid]} (conversation {cid})"
         if turn_key:
-            turns = [turns[i] for i in turn_order([t.get(turn_key) for t in turns])]
-        messages = [{"role": t.get(role_key), "content": t.get(content_key)} for t in turns]
-        yield f"{first_row[cid]} (conversation {cid})", messages
+            try:
+                turns = [turns[i] for i in turn_order([t.get(turn_key) for t in turns])]
+            except ConversationError as err:
+                yield where, err
+                continue
+        yield where, [{"role": t.get(role_key), "content": t.get(content_key)} for t in turns]
 
 
 def dumps(conv: dict[str, Any]) -> str:
-    """The stored form: compact, keys sorted, non-ASCII kept, so equal conversations are equal
-    strings."""
-    return json.dumps(conv, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    """The stored form: compact, non-ASCII kept, keys in the order this module writes them (and
+    tool schemas and arguments in the user's order, which is what the model is trained on)."""
+    return json.dumps(conv, ensure_ascii=False, separators=(",", ":"))
 
 
 def loads(text: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from stages import conversations
 from stages.io import read_parquet, stage_main, write_json
 from stages.models import collator, load_model, load_tokenizer, model_inputs, pick_device
 from stages.params import PATHS, EvaluateParams, Params, Paths
-from stages.prompts import Renderer, render_prompts, reply_prompt, stop_token_ids
+from stages.prompts import Renderer, RenderError, render_prompts, reply_prompt, stop_token_ids
 
 
 def perplexity(loss: float) -> float | None:
@@ -105,9 +105,20 @@ class Asked:
             self.stop = stop_token_ids(renderer)
             self.samples = [renderer.prompt([{"role": "user", "content": q}]) for q in self.samples]
             for conv in (tests["conversation"] if has_tests else []):
-                prompt, reference = reply_prompt(conversations.loads(conv), renderer)
-                self.prompts.append(prompt)
-                self.references.append(reference)
+                self._add_reply(conversations.loads(conv), renderer, p.block_size)
+
+    def _add_reply(self, conv: dict[str, Any], renderer: Renderer, block_size: int) -> None:
+        """A test conversation to reply to, unless tokenize could not have trained on it either:
+        no history before its last assistant turn, a template that refuses it, or a history
+        longer than a block."""
+        try:
+            prompt, reference = reply_prompt(conv, renderer)
+        except RenderError:
+            return
+        if len(renderer.tokenizer(prompt, add_special_tokens=False)["input_ids"]) >= block_size:
+            return
+        self.prompts.append(prompt)
+        self.references.append(reference)
 
 
 def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from stages.models import load_model, load_tokenizer, pick_device
 from stages.params import PATHS, Params, UserError, load
-from stages.prompts import Renderer, render_prompts, stop_token_ids
+from stages.prompts import Renderer, RenderError, render_prompts, stop_token_ids
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         run(args)
-    except UserError as e:
+    except (UserError, RenderError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

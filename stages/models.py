@@ -3,6 +3,7 @@ batching examples: what train, evaluate and generate share about the model itsel
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +66,19 @@ def context_length(config: Any) -> int:
     raise UserError("model.source: the model's config does not say its context length")
 
 
-def collator(tokenizer: Any, packed: bool = False) -> Any:
+def collator(tokenizer: Any, packed: bool = False, flatten: bool = False) -> Any:
     """Batches of examples: padded (input_ids with the pad token, labels with -100, as pairs have
-    varied lengths), or for packed rows (which carry position_ids) stacked as they are."""
+    varied lengths), or for packed rows (which carry position_ids) stacked as they are, or with
+    `flatten` laid end to end as one row: FlashAttention 2 in transformers reads packed
+    sequences from position ids only in a batch of one row."""
     from transformers import DataCollatorForSeq2Seq
 
     if packed:
-        return collate_packed
+        return functools.partial(collate_packed, flatten=flatten)
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
 
 
-def collate_packed(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_packed(rows: list[dict[str, Any]], flatten: bool = False) -> dict[str, Any]:
     """Packed rows (stages.tokenize.pack_examples) stacked, with an attention_mask that marks
     the real tokens, for counting them: the padding at the end of a row is the last sequence
     (its position ids restart at 0) when it is all pad tokens without labels. model_inputs
@@ -92,6 +95,8 @@ def collate_packed(rows: list[dict[str, Any]]) -> dict[str, Any]:
     is_tail = (pad.sum(dim=1) == width - tail) & (tail > 0)
     length = torch.where(is_tail, tail, torch.full_like(tail, width))
     batch["attention_mask"] = (index < length[:, None]).long()
+    if flatten:  # the position ids restart at every example and at each row's padding
+        batch = {key: value.reshape(1, -1) for key, value in batch.items()}
     return batch
 
 

@@ -56,10 +56,19 @@ class Encoded:
     labels: list[int]
 
 
-def chat_template(tokenizer: Any, p: TokenizeParams) -> str:
+def chat_template(tokenizer: Any, p: TokenizeParams, tools: bool = False) -> str:
     """The template conversations are rendered with: tokenize.chat_template, else the
-    tokenizer's own, else PLAIN_CHAT_TEMPLATE."""
-    return p.chat_template or getattr(tokenizer, "chat_template", None) or PLAIN_CHAT_TEMPLATE
+    tokenizer's own (of a tokenizer with named templates, `tool_use` for conversations with tools
+    where it has one, else `default`), else PLAIN_CHAT_TEMPLATE, which starts with BOS for a
+    tokenizer that adds one to every text."""
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):
+        own = own.get("tool_use") if tools and "tool_use" in own else own.get("default")
+    if p.chat_template or own:
+        return p.chat_template or own
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    return ("{{ bos_token }}" if adds_bos else "") + PLAIN_CHAT_TEMPLATE
 
 
 def with_system(messages: list[dict[str, Any]], p: TokenizeParams) -> list[dict[str, Any]]:
@@ -69,34 +78,61 @@ def with_system(messages: list[dict[str, Any]], p: TokenizeParams) -> list[dict[
     return messages
 
 
+# Templates that print today's date (Llama 3.x) get a fixed one, so the same data gives the same
+# tokens on any day, and generation sees what training saw.
+FIXED_DATE = "01 Jan 2025"
+
+
+def common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of two strings."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
+
+
 class Renderer:
     """Renders conversations with one chat template (and tokenizer) as text."""
 
     def __init__(self, tokenizer: Any, p: TokenizeParams) -> None:
         self.tokenizer, self.p = tokenizer, p
         self.template = chat_template(tokenizer, p)
+        self.tool_template = chat_template(tokenizer, p, tools=True)
+        added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        self.special = sorted({str(t) for t in added} | set(tokenizer.all_special_tokens), key=len)
 
     def __call__(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
                  generation_prompt: bool = False) -> str:
         from jinja2 import TemplateError
 
+        if not messages:
+            raise RenderError("template_error", "nothing to render before the first turn")
         try:
             return self.tokenizer.apply_chat_template(
-                messages, tools=tools, chat_template=self.template, tokenize=False,
-                add_generation_prompt=generation_prompt)
-        except TemplateError as e:
+                messages, tools=tools, chat_template=self.tool_template if tools else self.template,
+                tokenize=False, add_generation_prompt=generation_prompt, date_string=FIXED_DATE)
+        except (TemplateError, ValueError, TypeError) as e:  # templates raise all three
             raise RenderError("template_error", f"the chat template refused it: {e}") from None
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
         """The text that asks the model for the next assistant turn."""
         return self(with_system(messages, self.p), tools, generation_prompt=True)
 
-    def spans(self, conv: dict[str, Any]) -> tuple[str, list[tuple[int, int]], list[int]]:
+    def spans(self, conv: dict[str, Any], char_limit: int | None = None
+              ) -> tuple[str, list[tuple[int, int]], list[int]]:
         """The whole text of a conversation, the character span of each trained assistant turn
-        (its content and end-of-turn marker, found as the difference between the text up to the
-        turn and the generation prompt before it), and where each turn ends. Works for any
-        template; one whose renderings are not prefixes of each other (history rendered
-        differently from the last turn, say) is a RenderError, never a silent mis-mask."""
+        (its content and end-of-turn marker) and where each turn ends in the text.
+
+        A turn's text is found for any template as what the conversation rendered whole has
+        after the generation prompt before the turn, up to where it parts from the conversation
+        rendered up to and including the turn (which a template may close with a suffix of its
+        own, such as EOS). One whose renderings disagree (history rendered differently from the
+        last turn, say) is a RenderError, never a silent mis-mask. Turns starting past
+        `char_limit` are not looked at (they cannot fit the block)."""
         from stages.conversations import trained_turns
 
         messages, tools = with_system(conv["messages"], self.p), conv.get("tools")
@@ -104,26 +140,35 @@ class Renderer:
         spans, ends = [], []
         for i, m in enumerate(messages):
             if m["role"] == "tool":
-                self._check_context(messages, tools, i)
+                self._check_context(messages, tools, i, full)
         for i in trained_turns(messages):
             upto = self(messages[: i + 1], tools)
             before = self._before(messages, tools, i, upto)
-            if not upto.startswith(before) or not full.startswith(upto):
+            if char_limit is not None and len(before) >= char_limit:
+                break
+            end = self._whole_tokens(full, common_prefix(upto, full))
+            if not full.startswith(before) or end <= len(before):
                 raise RenderError("inconsistent_template", f"message {i + 1}: the chat template "
                                   "renders this conversation differently turn by turn, so its "
                                   "assistant turns cannot be found")
-            turn = upto[len(before):].rstrip()
-            missing = [c["function"]["name"] for c in messages[i].get("tool_calls", [])
-                       if c["function"]["name"] not in turn]
-            if missing:
-                raise RenderError("tools_unsupported", f"message {i + 1}: the chat template does "
-                                  f"not render tool calls ({', '.join(missing)})")
+            turn = full[len(before):end].rstrip()
             if messages[i]["content"].strip() not in turn:
                 raise RenderError("inconsistent_template", f"message {i + 1}: the chat template "
                                   "does not render the assistant's text as it is")
+            if messages[i].get("tool_calls"):
+                self._check_calls(messages, tools, i, upto)
             spans.append((len(before), len(before) + len(turn)))
-            ends.append(len(upto))
+            ends.append(end)
         return full, spans, ends
+
+    def _whole_tokens(self, text: str, end: int) -> int:
+        """`end` moved back to the start of a special token it falls inside (`<|im_start|>` and
+        `<|endoftext|>` share their first characters)."""
+        for token in self.special:
+            start = text.rfind(token, max(0, end - len(token) + 1), end + len(token) - 1)
+            if start != -1 and start < end < start + len(token):
+                end = start
+        return end
 
     def _before(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
                 upto: str) -> str:
@@ -132,24 +177,34 @@ class Renderer:
         puts before that turn's text."""
         if i:
             return self(messages[:i], tools, generation_prompt=True)
-        at = upto.find(messages[0]["content"]) if messages[0]["content"] else -1
+        content = messages[0]["content"]
+        at = upto.rfind(content) if content else -1
         if at < 0:
             raise RenderError("inconsistent_template", "message 1: the chat template does not "
                               "render the assistant's text as it is")
         return upto[:at]
 
-    def _check_context(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int
-                       ) -> None:
+    def _check_calls(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
+                     upto: str) -> None:
+        """A turn's tool calls must change its text, or the template cannot render them."""
+        plain = {k: v for k, v in messages[i].items() if k != "tool_calls"}
+        if self([*messages[:i], plain], tools) == upto:
+            names = ", ".join(c["function"]["name"] for c in messages[i]["tool_calls"])
+            raise RenderError("tools_unsupported", f"message {i + 1}: the chat template does "
+                              f"not render tool calls ({names})")
+
+    def _check_context(self, messages: list[dict[str, Any]], tools: list[Any] | None, i: int,
+                       full: str) -> None:
         """A tool result must appear in the text, or the template cannot take tool turns."""
-        upto = self(messages[: i + 1], tools)
-        if messages[i]["content"].strip() not in upto[len(self(messages[:i], tools)):]:
+        if messages[i]["content"].strip() not in full[len(self(messages[:i], tools)):]:
             raise RenderError("tools_unsupported", f"message {i + 1}: the chat template does not "
                               "render tool results")
 
 
 def mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
-    """Which tokens (by their character offsets) start inside one of the spans."""
-    return [any(a <= start < b for a, b in spans) for start, _ in offsets]
+    """Which tokens (by their character offsets) overlap one of the spans: a token that starts
+    in the text before a turn but carries its first characters is trained too."""
+    return [any(start < b and end > a for a, b in spans) for start, end in offsets]
 
 
 def encode_chat(conv: dict[str, Any], renderer: Renderer, block_size: int, overlong: str,
@@ -158,16 +213,26 @@ def encode_chat(conv: dict[str, Any], renderer: Renderer, block_size: int, overl
     turns (their end-of-turn token included; the last one only with train_on=last). Over
     block_size tokens it is cut after the last assistant turn that fits (overlong=truncate) or
     dropped; the second value says which: "", "truncated" or "dropped"."""
-    text, spans, ends = renderer.spans(conv)
-    enc = renderer.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    import bisect
+
+    tokenizer = renderer.tokenizer
+    messages = with_system(conv["messages"], renderer.p)
+    full = renderer(messages, conv.get("tools"))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    too_long = len(ids) > block_size
+    if too_long and overlong == "drop":
+        renderer.spans(conv, char_limit=0)  # still report a template that cannot render it
+        return None, "dropped"
+    limit = offsets[block_size][0] if too_long else None  # where the first token past the block starts
+    text, spans, ends = renderer.spans(conv, char_limit=limit)
     fate = ""
-    if len(ids) > block_size:
-        fits = [k for k, end in enumerate(ends)
-                if sum(1 for start, _ in offsets if start < end) <= block_size]
-        if overlong == "drop" or not fits:
+    if too_long:
+        starts = [start for start, _ in offsets]
+        fits = [k for k, end in enumerate(ends) if bisect.bisect_left(starts, end) <= block_size]
+        if not fits:
             return None, "dropped"
-        keep = sum(1 for start, _ in offsets if start < ends[fits[-1]])
+        keep = bisect.bisect_left(starts, ends[fits[-1]])
         ids, offsets, spans, fate = ids[:keep], offsets[:keep], spans[: fits[-1] + 1], "truncated"
     if train_on == "last":
         spans = spans[-1:]
@@ -176,8 +241,9 @@ def encode_chat(conv: dict[str, Any], renderer: Renderer, block_size: int, overl
 
 
 def reply_prompt(conv: dict[str, Any], renderer: Renderer) -> tuple[str, str]:
-    """The history before the last assistant turn, rendered to ask for that turn, and the turn's
-    text: what evaluate scores greedy replies against."""
+    """The history before the last trained assistant turn, rendered to ask for that turn, and
+    the turn's text: what evaluate scores greedy replies against. A RenderError where there is
+    no history before it."""
     from stages.conversations import trained_turns
 
     messages = conv["messages"]

@@ -362,7 +362,9 @@ def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, 
             callbacks.append(EarlyStoppingCallback(p.early_stopping_patience))
         packed = "position_ids" in train_set.column_names
         trainer = packed_trainer()(model=model, args=args, train_dataset=train_set,
-                                   eval_dataset=val_set, data_collator=collator(tokenizer, packed),
+                                   eval_dataset=val_set,
+                                   data_collator=collator(tokenizer, packed,
+                                                          flatten=p.attention == "flash_attention_2"),
                                    callbacks=callbacks)
         if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
             trainer.add_callback(QuietProgress())

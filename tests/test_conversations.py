@@ -195,3 +195,31 @@ def test_running_text_is_refused_in_chat_mode(tmp_path: Path) -> None:
     path.write_text("Once upon a time.", encoding="utf-8")
     with pytest.raises(UserError, match="chat mode needs json, jsonl, csv or parquet"):
         ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+
+
+def test_a_turn_without_its_order_is_reported_not_guessed(tmp_path: Path) -> None:
+    path = tmp_path / "turns.csv"
+    path.write_text("conversation_id,turn,role,text\nA,1,user,q1\nA,,assistant,a1\nA,3,user,q2\n"
+                    "A,4,assistant,a2\nB,1,user,hi\nB,2,assistant,hello\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"turns.csv:row 1 \(conversation A\): a turn without its order"):
+        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+    found, problems = rows(path)
+    assert [messages(r) for r in found] == [[("user", "hi"), ("assistant", "hello")]]
+    assert problems.skipped == {"missing_turn": 1}
+
+
+def test_tool_details_real_exports_have(tmp_path: Path) -> None:
+    conv = conversations.conversation([
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Checking.", "weight": "0"},
+        {"role": "tool", "content": {"temp": 5, "unit": "C"}},
+        {"role": "assistant", "content": "5 degrees."}],
+        tools=[{"type": "function", "function": {"name": "weather", "parameters": {
+            "type": "object", "properties": {"unit": {}, "city": {}}}}}])
+    assert conv["messages"][1]["weight"] == 0 and conversations.trained_turns(conv["messages"]) == [3]
+    assert conv["messages"][2]["content"] == '{"temp": 5, "unit": "C"}'
+    stored = conversations.dumps(conv)
+    assert stored.index('"unit"') < stored.index('"city"')  # the user's order, not sorted
+    with pytest.raises(conversations.ConversationError, match="list of function definitions"):
+        conversations.conversation([{"role": "user", "content": "x"},
+                                    {"role": "assistant", "content": "y"}], tools=["search"])

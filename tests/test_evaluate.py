@@ -140,3 +140,21 @@ def test_generation_stops_at_the_models_own_eos_unless_told_otherwise(
     other = next(i for i in range(len(tokenizer)) if i != greedy)
     longer = evaluate.generate(model, tokenizer, ["The miller"], p, "cpu", "t", stop=[other])[0]
     assert longer.startswith(one) and len(longer) > len(one)
+
+
+def test_chat_replies_skip_conversations_with_no_history_or_too_long(
+        trained_chat: tuple[Params, Paths]) -> None:
+    import pandas as pd
+
+    from stages import conversations
+
+    params, paths = trained_chat
+    tokenizer = load_tokenizer(paths.base_model)
+    ok = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    greeting = {"messages": [{"role": "assistant", "content": "Welcome!"},
+                             {"role": "user", "content": "hi"}]}
+    long = {"messages": [{"role": "user", "content": "word " * 500},
+                         {"role": "assistant", "content": "ok"}]}
+    tests = pd.DataFrame({"conversation": [conversations.dumps(c) for c in (ok, greeting, long)]})
+    asked = evaluate.Asked(params, tokenizer, tests)
+    assert asked.references == ["Hello"] and len(asked.prompts) == 1

@@ -120,3 +120,17 @@ def test_tokenize_chat_packed_or_padded(tmp_path: Path, chat_file: Path, packing
         assert len({len(r) for r in train["input_ids"]}) > 1 and "blocks" not in summary["train"]
     labelled = sum(sum(1 for t in r if t != IGNORE) for r in train["labels"])
     assert labelled == summary["train"]["answer_tokens"]
+
+
+def test_flattened_batches_give_the_same_losses() -> None:
+    """FlashAttention 2 reads packed sequences in a batch of one row: the flattened batch the
+    train stage gives it must keep every example on its own (checked here with SDPA)."""
+    model = tiny_llama()
+    examples = [Encoded(list(range(1, n + 1)), [IGNORE] + list(range(2, n + 1))) for n in (9, 20, 30, 14)]
+    rows = tokenize.pack_examples(examples, block_size=32, pad_id=0)
+    items = [{k: v[i].tolist() for k, v in rows.items()} for i in range(len(rows["input_ids"]))]
+    stacked, flat = collate_packed(items), collate_packed(items, flatten=True)
+    assert flat["input_ids"].shape == (1, stacked["input_ids"].numel())
+    assert flat["attention_mask"].sum() == stacked["attention_mask"].sum()
+    assert torch.allclose(token_losses(model, stacked).reshape(1, -1), token_losses(model, flat),
+                          atol=1e-5)

@@ -162,3 +162,57 @@ def test_a_conversation_that_opens_with_the_assistant(smollm2_tokenizer: Any,
         encoded, _ = encode(conv, tokenizer)
         assert labelled_runs(tokenizer, encoded.labels) == [
             f"Hello! How can I help today?{end}", f"{ASSISTANT[0]}{end}"]
+
+
+def test_a_template_that_closes_the_conversation_with_a_suffix(smollm2_tokenizer: Any) -> None:
+    # like Phi-3: EOS after the last turn when no generation prompt follows
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% else %}<|endoftext|>{% endif %}")
+    encoded, _ = encode(CONV, smollm2_tokenizer, chat_template=template)
+    runs = labelled_runs(smollm2_tokenizer, encoded.labels)
+    assert runs == [f"{ASSISTANT[0]}<|im_end|>", f"{ASSISTANT[1]}<|im_end|>\n<|endoftext|>"]
+
+
+def test_spans_are_found_even_where_the_text_repeats_the_template(smollm2_tokenizer: Any) -> None:
+    # the greeting also appears in SmolLM2's default system prompt
+    conv = {"messages": [{"role": "assistant", "content": "Hugging Face"},
+                         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    encoded, _ = encode(conv, smollm2_tokenizer)
+    assert labelled_runs(smollm2_tokenizer, encoded.labels) == ["Hugging Face<|im_end|>",
+                                                                "Hello<|im_end|>"]
+
+
+def test_a_token_that_straddles_the_turn_start_is_trained(smollm2_tokenizer: Any) -> None:
+    template = ("{% for m in messages %}{{ m.role }}: {{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}")
+    encoded, _ = encode(CONV, smollm2_tokenizer, chat_template=template)
+    runs = labelled_runs(smollm2_tokenizer, encoded.labels)
+    assert runs == [f" {a}<|im_end|>" for a in ASSISTANT]  # " Sorry" carries the space before it
+
+
+def test_tool_calls_the_template_drops_are_caught_even_if_the_name_is_in_the_text(
+        smollm2_tokenizer: Any) -> None:
+    conv = {"messages": [{"role": "user", "content": "Where is FH-7?"},
+                         {"role": "assistant", "content": "Let me check the order_status.",
+                          "tool_calls": TOOLS["messages"][1]["tool_calls"]},
+                         {"role": "tool", "content": "shipped"},
+                         {"role": "assistant", "content": "It shipped."}]}
+    with pytest.raises(RenderError, match="does not render tool calls"):
+        encode(conv, smollm2_tokenizer)
+
+
+def test_templates_that_print_the_date_get_a_fixed_one(smollm2_tokenizer: Any) -> None:
+    from stages.prompts import FIXED_DATE
+
+    template = ("{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}"
+                "{% endif %}Today: {{ date_string }}\n{% for m in messages %}{{ m.content }}\n"
+                "{% endfor %}")
+    renderer = Renderer(smollm2_tokenizer, TokenizeParams(chat_template=template))
+    assert renderer(CONV["messages"]).startswith(f"Today: {FIXED_DATE}\n")
+
+
+def test_a_template_that_raises_other_errors_is_a_render_error(smollm2_tokenizer: Any) -> None:
+    with pytest.raises(RenderError) as err:
+        Renderer(smollm2_tokenizer, TokenizeParams())(CONV["messages"], tools=["not a schema"])
+    assert err.value.reason == "template_error"
