@@ -31,11 +31,15 @@ def base_model_dir(where: Path) -> Path:
 
 def load(where: Path, quick: bool) -> tuple[Any, Any]:
     """The default model (full run) or a tiny one with the same tokenizer (--quick)."""
+    return load_from(base_model_dir(where), quick)
+
+
+def load_from(path: Path, quick: bool) -> tuple[Any, Any]:
+    """The model in `path` and its tokenizer, or (quick) a tiny Llama with that tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from stages.models import load_model, load_tokenizer
 
-    path = base_model_dir(where)
     tokenizer = load_tokenizer(path)
     if not quick:
         return load_model(path), tokenizer

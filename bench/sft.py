@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.model_bench import base_model_dir
+from bench.model_bench import base_model_dir, load_from
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 4, 1.0e-4
@@ -139,17 +139,11 @@ def answer_perplexity(model: Any, tokenizer: Any, test_paths: Any) -> float:
 
 
 def fresh_model(base: Path, quick: bool) -> Any:
-    from transformers import AutoModelForCausalLM, LlamaConfig, set_seed
-
-    from stages.models import load_model, load_tokenizer
+    """The default model (or --quick, a tiny one with its tokenizer), seeded alike every time."""
+    from transformers import set_seed
 
     set_seed(42)
-    if not quick:
-        return load_model(base)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2,
-                         vocab_size=len(load_tokenizer(base)))
-    return AutoModelForCausalLM.from_config(config)
+    return load_from(base, quick)[0]
 
 
 def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path,

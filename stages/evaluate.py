@@ -1,7 +1,7 @@
 """Score models/base and models/finetuned on exactly the same tokens of data/tokenized/test:
 loss, perplexity and the relative improvement (in pairs and chat mode on the answer tokens only);
 in pairs mode also BLEU and ROUGE-L of greedy answers to the test prompts, in chat mode of greedy
-replies to the last user turn of each test conversation given its history. Sample generations
+replies in place of each test conversation's last assistant turn, given the turns before it. Sample generations
 for `evaluate.prompts` (in chat mode asked as user messages). Writes metrics/eval.json
 and metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
 `train.device`."""

@@ -4,6 +4,7 @@ so what the model was trained on is what it is asked at inference."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,18 +84,6 @@ def with_system(messages: list[dict[str, Any]], p: TokenizeParams) -> list[dict[
 FIXED_DATE = "01 Jan 2025"
 
 
-def common_prefix(a: str, b: str) -> int:
-    """The length of the longest common prefix of two strings."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
-    return lo
-
-
 class Renderer:
     """Renders conversations with one chat template (and tokenizer) as text."""
 
@@ -103,6 +92,7 @@ class Renderer:
         self.template = chat_template(tokenizer, p)
         self.tool_template = chat_template(tokenizer, p, tools=True)
         added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+        # the special and added tokens' texts (<|im_end|>, ...), shortest first
         self.special = sorted({str(t) for t in added} | set(tokenizer.all_special_tokens), key=len)
 
     def __call__(self, messages: list[dict[str, Any]], tools: list[Any] | None = None,
@@ -122,9 +112,13 @@ class Renderer:
         """The text that asks the model for the next assistant turn."""
         return self(with_system(messages, self.p), tools, generation_prompt=True)
 
-    def spans(self, conv: dict[str, Any], char_limit: int | None = None
-              ) -> tuple[str, list[tuple[int, int]], list[int]]:
-        """The whole text of a conversation, the character span of each trained assistant turn
+    def text(self, conv: dict[str, Any]) -> str:
+        """A whole conversation rendered (with tokenize.system_prompt where it has none)."""
+        return self(with_system(conv["messages"], self.p), conv.get("tools"))
+
+    def spans(self, conv: dict[str, Any], full: str, char_limit: int | None = None
+              ) -> tuple[list[tuple[int, int]], list[int]]:
+        """The character span in `full` (the conversation's text) of each trained assistant turn
         (its content and end-of-turn marker) and where each turn ends in the text.
 
         A turn's text is found for any template as what the conversation rendered whole has
@@ -136,7 +130,6 @@ class Renderer:
         from stages.conversations import trained_turns
 
         messages, tools = with_system(conv["messages"], self.p), conv.get("tools")
-        full = self(messages, tools)
         spans, ends = [], []
         for i, m in enumerate(messages):
             if m["role"] == "tool":
@@ -146,7 +139,7 @@ class Renderer:
             before = self._before(messages, tools, i, upto)
             if char_limit is not None and len(before) >= char_limit:
                 break
-            end = self._whole_tokens(full, common_prefix(upto, full))
+            end = self._whole_tokens(full, len(os.path.commonprefix([upto, full])))
             if not full.startswith(before) or end <= len(before):
                 raise RenderError("inconsistent_template", f"message {i + 1}: the chat template "
                                   "renders this conversation differently turn by turn, so its "
@@ -159,7 +152,7 @@ class Renderer:
                 self._check_calls(messages, tools, i, upto)
             spans.append((len(before), len(before) + len(turn)))
             ends.append(end)
-        return full, spans, ends
+        return spans, ends
 
     def _whole_tokens(self, text: str, end: int) -> int:
         """`end` moved back to the start of a special token it falls inside (`<|im_start|>` and
@@ -216,16 +209,15 @@ def encode_chat(conv: dict[str, Any], renderer: Renderer, block_size: int, overl
     import bisect
 
     tokenizer = renderer.tokenizer
-    messages = with_system(conv["messages"], renderer.p)
-    full = renderer(messages, conv.get("tools"))
+    full = renderer.text(conv)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     too_long = len(ids) > block_size
     if too_long and overlong == "drop":
-        renderer.spans(conv, char_limit=0)  # still report a template that cannot render it
+        renderer.spans(conv, full, char_limit=0)  # still report a template that cannot render it
         return None, "dropped"
     limit = offsets[block_size][0] if too_long else None  # where the first token past the block starts
-    text, spans, ends = renderer.spans(conv, char_limit=limit)
+    spans, ends = renderer.spans(conv, full, char_limit=limit)
     fate = ""
     if too_long:
         starts = [start for start, _ in offsets]
@@ -259,6 +251,6 @@ def stop_token_ids(renderer: Renderer) -> list[int]:
     before = renderer(probe[:1], generation_prompt=True)
     turn = renderer(probe)[len(before):]
     tail = turn[turn.find("Fine") + len("Fine"):]
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    special = set(tokenizer.convert_tokens_to_ids(renderer.special))
     ids = [i for i in tokenizer(tail, add_special_tokens=False)["input_ids"] if i in special][:1]
     return list(dict.fromkeys([*ids, tokenizer.eos_token_id]))
