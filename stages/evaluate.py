@@ -1,8 +1,8 @@
 """Score models/base and models/finetuned on exactly the same tokens of data/tokenized/test:
 loss, perplexity and the relative improvement (in pairs and chat mode on the answer tokens only);
 in pairs mode also BLEU and ROUGE-L of greedy answers to the test prompts, in chat mode of greedy
-replies in place of each test conversation's last assistant turn, given the turns before it. Sample generations
-for `evaluate.prompts` (in chat mode asked as user messages). Writes metrics/eval.json
+replies in place of each test conversation's last assistant turn, given the turns before it.
+Sample generations for `evaluate.prompts` (in chat mode asked as user messages). Writes metrics/eval.json
 and metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
 `train.device`."""
 
@@ -64,7 +64,8 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, 
         batch = tokenizer(prompts[start: start + p.batch_size], return_tensors="pt",
                           padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
-            ids = model.generate(**batch, do_sample=False, max_new_tokens=p.max_new_tokens,
+            ids = model.generate(**batch, do_sample=False, temperature=None, top_p=None,
+                                 max_new_tokens=p.max_new_tokens,
                                  repetition_penalty=p.repetition_penalty,
                                  pad_token_id=tokenizer.pad_token_id,
                                  **({"eos_token_id": stop} if stop else {}))

@@ -9,6 +9,11 @@ from typing import Any
 
 from stages.params import UserError
 
+# The sampling a user gets unless they ask for other settings: `generate`'s defaults, and written
+# into models/finetuned/generation_config.json, which serve, vLLM and the Ollama Modelfile read.
+SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.95,
+                            "repetition_penalty": 1.1}
+
 
 def pick_device(preference: str) -> str:
     """`auto` takes CUDA when present, else the CPU."""
@@ -107,3 +112,15 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     if "position_ids" not in batch:
         return batch
     return {**{k: v for k, v in batch.items() if k != "attention_mask"}, "use_cache": False}
+
+
+def set_inference(model: Any, tokenizer: Any, asked: dict[str, Any]) -> None:
+    """Make a model folder answer as it was trained, for any reader of the folder alone: the chat
+    template and stop tokens of stages.prompts.Inference (written by tokenize), and SAMPLING."""
+    tokenizer.chat_template = asked["chat_template"]
+    config = model.generation_config
+    stop = asked["stop_token_ids"]
+    config.eos_token_id = stop if len(stop) > 1 else stop[0]
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    config.update(**SAMPLING)

@@ -246,6 +246,11 @@ class Paths:
     def split_file(self, split: str) -> Path:
         return self.processed / f"{split}.parquet"
 
+    @property
+    def inference_file(self) -> Path:
+        """How the model is asked at inference (stages.prompts.Inference), written by tokenize."""
+        return self.tokenized / "inference.json"
+
     def under(self, root: Path) -> Paths:
         """The same layout below another directory (tests use tmp_path)."""
         return replace(self, **{f.name: Path(root) / getattr(self, f.name) for f in fields(self)})

@@ -4,6 +4,7 @@ so what the model was trained on is what it is asked at inference."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,8 @@ def render_prompts(prompts: list[str], tokenizer: Any, p: TokenizeParams) -> lis
             raise UserError("tokenize.use_chat_template: the base model's tokenizer has no chat "
                             "template; set it to false to use tokenize.prompt_template")
         return [tokenizer.apply_chat_template([{"role": "user", "content": x}], tokenize=False,
-                                              add_generation_prompt=True) for x in prompts]
+                                              add_generation_prompt=True, date_string=FIXED_DATE)
+                for x in prompts]
     return [p.prompt_template.replace("{prompt}", x) for x in prompts]
 
 
@@ -67,9 +69,13 @@ def chat_template(tokenizer: Any, p: TokenizeParams, tools: bool = False) -> str
         own = own.get("tool_use") if tools and "tool_use" in own else own.get("default")
     if p.chat_template or own:
         return p.chat_template or own
+    return ("{{ bos_token }}" if adds_bos(tokenizer) else "") + PLAIN_CHAT_TEMPLATE
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts BOS before every text it encodes with its special tokens."""
     bos = tokenizer.bos_token_id
-    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-    return ("{{ bos_token }}" if adds_bos else "") + PLAIN_CHAT_TEMPLATE
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 def with_system(messages: list[dict[str, Any]], p: TokenizeParams) -> list[dict[str, Any]]:
@@ -254,3 +260,69 @@ def stop_token_ids(renderer: Renderer) -> list[int]:
     special = set(tokenizer.convert_tokens_to_ids(renderer.special))
     ids = [i for i in tokenizer(tail, add_special_tokens=False)["input_ids"] if i in special][:1]
     return list(dict.fromkeys([*ids, tokenizer.eos_token_id]))
+
+
+# ---------------------------------------------------------------- inference
+
+def _literal(text: str) -> str:
+    """`text` as a Jinja expression that prints it verbatim."""
+    return "{{ " + json.dumps(text) + " }}" if text else ""
+
+
+# Text mode: the model continues the prose it is given, so a chat request is answered with the
+# continuation of its last user message, as `generate` continues its prompt.
+TEXT_TEMPLATE = ("{%- for m in messages if m.role == 'user' %}"
+                 "{%- if loop.last %}{{ m.content }}{% endif %}{%- endfor %}")
+
+
+def pairs_template(tokenizer: Any, p: TokenizeParams) -> str:
+    """Pairs mode with tokenize.prompt_template, as a chat template: the last user message as the
+    prompt (with BOS where training had one), then an assistant reply to it, if any, ending in
+    EOS. Earlier turns and system messages are left out, as in training."""
+    head = "{{ bos_token }}" if adds_bos(tokenizer) else ""
+    prompt = "{{ ns.prompt }}".join(_literal(part) for part in p.prompt_template.split("{prompt}"))
+    return ("{%- set ns = namespace(prompt=none, answer=none) %}"
+            "{%- for m in messages %}"
+            "{%- if m.role == 'user' %}{% set ns.prompt = m.content %}{% set ns.answer = none %}"
+            "{%- elif m.role == 'assistant' and ns.prompt is not none %}{% set ns.answer = m.content %}"
+            "{%- endif %}{%- endfor %}"
+            "{%- if ns.prompt is not none %}" + head + prompt +
+            "{%- if ns.answer is not none %}{{ ns.answer }}{{ eos_token }}{% endif %}{%- endif %}")
+
+
+def chat_preamble(p: TokenizeParams) -> str:
+    """What Renderer.prompt adds to a conversation before the template: tokenize.system_prompt
+    where there is no system turn, and the fixed date."""
+    date = "{%- if date_string is not defined %}{% set date_string = " + json.dumps(FIXED_DATE) + \
+        " %}{% endif %}"
+    if not p.system_prompt:
+        return date
+    system = json.dumps({"role": "system", "content": p.system_prompt})
+    return (date + "{%- if not (messages and messages[0].role == 'system') %}"
+            "{% set messages = [" + system + "] + messages %}{% endif %}")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How the fine-tuned model is asked, for anything that reads only its folder (serve, vLLM,
+    the GGUF export): the chat template that renders a request as training rendered its examples,
+    and the tokens that end a reply."""
+
+    chat_template: str
+    stop_token_ids: list[int]
+
+
+def inference(tokenizer: Any, mode: str, p: TokenizeParams) -> Inference:
+    """The chat template and stop tokens of a model trained in `mode` with these params. For
+    each mode, the template's generation prompt for a conversation is what generate would
+    render for it (tests check this token for token)."""
+    eos = [tokenizer.eos_token_id]
+    if mode == "text":
+        return Inference(TEXT_TEMPLATE, eos)
+    if mode == "pairs" and not p.use_chat_template:
+        return Inference(pairs_template(tokenizer, p), eos)
+    if mode == "pairs":  # rendered with the tokenizer's own template, without a system turn
+        p = p.model_copy(update={"chat_template": None, "system_prompt": None})
+    renderer = Renderer(tokenizer, p)
+    return Inference(chat_preamble(p) + renderer.template,
+                     list(dict.fromkeys([*stop_token_ids(renderer), *eos])))

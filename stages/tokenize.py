@@ -4,11 +4,13 @@ saved under data/tokenized/{train,val,test}. Text mode packs documents joined by
 with -100, so the loss is on the answer only; chat mode renders each conversation with the chat
 template and masks all but the assistant turns. Pairs and chat examples are packed several to a
 block (`tokenize.packing`), each with its own position ids, so none attends to another.
-Params: `mode`, `tokenize`, `ingest.on_error`."""
+data/tokenized/inference.json says how the trained model is asked (its chat template and stop
+tokens), for train to write into models/finetuned. Params: `mode`, `tokenize`, `ingest.on_error`."""
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -29,10 +31,19 @@ from stages.io import (
     row_groups,
     stage_main,
     workers,
+    write_json,
 )
 from stages.models import context_length, load_tokenizer
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
-from stages.prompts import IGNORE, Encoded, Renderer, RenderError, encode_chat, render_prompts
+from stages.prompts import (
+    IGNORE,
+    Encoded,
+    Renderer,
+    RenderError,
+    encode_chat,
+    inference,
+    render_prompts,
+)
 
 CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
 
@@ -364,6 +375,8 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
                 out.save(tmp / name)
             finally:
                 out.close()
+        asked = inference(tokenizer, params.mode, p)
+        write_json(dataclasses.asdict(asked), tmp / paths.inference_file.name)
     summary["dropped_share"] = dropped_share(summary, params.mode)
     return summary
 

@@ -1,5 +1,6 @@
 """Fine-tune models/base on data/tokenized/train with the Hugging Face Trainer, evaluating on
-data/tokenized/val; write models/finetuned/ (safetensors + tokenizer), the loss curves
+data/tokenized/val; write models/finetuned/ (safetensors + tokenizer, with the chat template,
+stop tokens and default sampling of data/tokenized/inference.json), the loss curves
 (DVCLive, under dvclive/train) and metrics/train.json. Params: `seed`, `train`.
 
 Every `train.save_steps` steps a checkpoint (model, optimizer, scheduler, RNG, data position)
@@ -23,7 +24,7 @@ from typing import Any
 
 from transformers import ProgressCallback, TrainerCallback
 
-from stages.io import atomic_output, remove, stage_main, write_json
+from stages.io import atomic_output, read_json, remove, stage_main, write_json
 from stages.models import (
     collator,
     load_model,
@@ -31,6 +32,7 @@ from stages.models import (
     model_inputs,
     pick_device,
     pick_precision,
+    set_inference,
 )
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
 
@@ -247,9 +249,12 @@ def prepare(model: Any, p: TrainParams) -> Any:
     return model
 
 
-def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path) -> None:
+def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path,
+                   asked: dict[str, Any]) -> None:
     """models/finetuned: a plain model (LoRA merged in, its adapter kept under lora_adapter/),
-    written by rank 0 only. Every rank takes part in gathering the weights (FSDP shards them)."""
+    with the chat template, stop tokens and sampling it is to be asked with (`asked`, from
+    tokenize), written by rank 0 only. Every rank takes part in gathering the weights (FSDP
+    shards them)."""
     state = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if rank() != 0:
         return
@@ -259,6 +264,7 @@ def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path
             model.save_pretrained(tmp / "lora_adapter")
             model = model.merge_and_unload()
             state = None
+        set_inference(model, tokenizer, asked)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
@@ -371,7 +377,7 @@ def train_model(params: Params, paths: Paths, resume: Path | None) -> dict[str, 
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate()  # logged to DVCLive by LiveLosses, like the others
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    save_finetuned(trainer, tokenizer, p, paths.finetuned)
+    save_finetuned(trainer, tokenizer, p, paths.finetuned, read_json(paths.inference_file))
     if rank() == 0 and not p.keep_checkpoints:
         remove(paths.checkpoints)
     elif rank() == 0:  # kept for inspection or further training, never resumed by this stage

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import generate
+from commands import generate
 from stages.models import load_tokenizer
 from stages.params import Params, Paths
 from tests.conftest import tiny_params

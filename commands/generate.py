@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from stages.models import load_model, load_tokenizer, pick_device
+from stages.models import SAMPLING, load_model, load_tokenizer, pick_device
 from stages.params import PATHS, Params, UserError, load
 from stages.prompts import Renderer, RenderError, render_prompts, stop_token_ids
 
@@ -33,9 +33,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--compare", action="store_true",
                        help=f"generate with {PATHS.base_model} and {PATHS.finetuned}, one after the other")
     parser.add_argument("--max-new-tokens", type=int, default=80)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--repetition-penalty", type=float, default=1.1)
+    parser.add_argument("--temperature", type=float, default=SAMPLING["temperature"],
+                        help=f"0: greedy (default {SAMPLING['temperature']})")
+    parser.add_argument("--top-p", type=float, default=SAMPLING["top_p"])
+    parser.add_argument("--repetition-penalty", type=float, default=SAMPLING["repetition_penalty"])
     parser.add_argument("--seed", type=int, default=None,
                         help="the same seed gives the same text (default: random)")
     parser.add_argument("--mode", choices=["text", "pairs", "chat"], default=None,
