@@ -1,0 +1,164 @@
+"""`uv run serve` as a real process on a free loopback port, with the tiny chat model, asked
+through the official `openai` client: completions streamed and not, the same reply `generate`
+gives, 4xx JSON errors for bad requests after which it keeps serving, and nothing left running."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from commands import generate
+from stages.params import Params, Paths
+
+PROMPT = "Where is my order FH-1003?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL after 30 s; then no member may be left."""
+    with_group = process.poll() is None
+    if with_group:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        raise AssertionError("serve did not stop within 30 s of SIGTERM") from None
+    if with_group:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(process.pid, 0)  # the group is empty: no worker left behind
+
+
+@pytest.fixture(scope="module")
+def server(trained_chat: tuple[Params, Paths]) -> Iterator[tuple[str, str]]:
+    """The served model's name and base URL; the server is stopped and checked afterwards."""
+    model = str(trained_chat[1].finetuned)
+    port = free_port()
+    script = shutil.which("serve")
+    assert script, "`serve` is not on PATH: is the project installed (uv sync)?"
+    process = subprocess.Popen([script, "--model", model, "--port", str(port), "--device", "cpu"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"serve exited: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "serve did not come up within 180 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:  # not listening yet
+                time.sleep(0.5)
+        yield model, url
+    finally:
+        stop(process)
+    assert process.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def client(server: tuple[str, str]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="not-needed", timeout=120, max_retries=0)
+
+
+def generated(model: str, root: Path) -> str:
+    """`generate`'s greedy chat reply to PROMPT, in the tiny project."""
+    out = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        generate.run(generate.parse_args([PROMPT, "--model", model, "--temperature", "0",
+                                          "--max-new-tokens", "12"]), io.StringIO(), out)
+    finally:
+        os.chdir(cwd)
+    return out.getvalue().strip()
+
+
+def test_models_lists_the_served_folder(server: tuple[str, str], client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [server[0]]
+    assert client.models.retrieve(server[0]).id == server[0]
+
+
+def test_chat_completion_answers_as_generate_does_streamed_or_not(
+        server: tuple[str, str], client: openai.OpenAI, trained_chat: tuple[Params, Paths]) -> None:
+    model = server[0]
+    ask: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}],
+                           "max_tokens": 12, "temperature": 0}
+    reply = client.chat.completions.create(**ask)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 12
+    # the folder's chat template and stop tokens give the reply `generate` gives (greedy)
+    assert choice.message.content.strip() == generated(model, trained_chat[1].base_model.parents[1])
+
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 2 and streamed == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def test_plain_completions_continue_the_prompt(server: tuple[str, str], client: openai.OpenAI) -> None:
+    done = client.completions.create(model=server[0], prompt="Where is my", max_tokens=6, temperature=0)
+    assert isinstance(done.choices[0].text, str) and 0 < done.usage.completion_tokens <= 6
+    streamed = client.completions.create(model=server[0], prompt="Where is my", max_tokens=6,
+                                         temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text
+
+
+def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(
+        server: tuple[str, str], client: openai.OpenAI) -> None:
+    model, url = server
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=b'{"model": "x", "messages": [',
+                                     headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request, timeout=30)
+    assert raw.value.code == 400
+    assert "not valid JSON" in json.loads(raw.value.read())["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="messages: must be a non-empty list"):
+        client.chat.completions.create(model=model, messages="hello")  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="role"):
+        client.chat.completions.create(model=model, messages=[{"role": "bot", "content": "hi"}])  # type: ignore[list-item]
+    with pytest.raises(openai.BadRequestError, match="pinned"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=model, prompt="hi", max_tokens=0)
+    assert client.chat.completions.create(model=model, max_tokens=3, messages=[
+        {"role": "user", "content": PROMPT}]).choices[0].message.content is not None
+
+
+def test_a_missing_model_or_a_busy_port_ends_in_one_line(server: tuple[str, str], tmp_path: Path) -> None:
+    script = shutil.which("serve")
+    port = server[1].rsplit(":", 1)[1]
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    missing = subprocess.run([script, "--model", str(tmp_path / "nowhere")], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith(
+        f"serve: error: {tmp_path / 'nowhere'}: no model there")
+    busy = subprocess.run([script, "--model", server[0], "--port", port], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert busy.returncode == 1
+    assert busy.stderr.strip().splitlines()[-1].startswith(f"serve: error: --host 127.0.0.1 --port {port}")
