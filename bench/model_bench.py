@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import tempfile
 import time
@@ -12,6 +13,15 @@ import pyarrow as pa
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK, BATCH = 256, 4
+
+
+def write_section(md: Path, section: str, markers: tuple[str, str]) -> None:
+    """bench/results.md with the section between `markers` replaced by `section` (which starts
+    and ends with them), or appended."""
+    text = md.read_text(encoding="utf-8") if md.exists() else ""
+    pattern = re.compile(re.escape(markers[0]) + ".*?" + re.escape(markers[1]) + "\n?", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text}\n{section}"
+    md.write_text(text, encoding="utf-8")
 
 
 def base_model_dir(where: Path) -> Path:

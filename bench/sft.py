@@ -23,13 +23,12 @@ import argparse
 import json
 import math
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.model_bench import base_model_dir, load_from
+from bench.model_bench import base_model_dir, load_from, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 4, 1.0e-4
@@ -237,14 +236,6 @@ def table(results: dict[str, Any], steps: int, model: str) -> str:
     return "\n".join(lines + [SECTION[1]]) + "\n"
 
 
-def write_section(md: Path, section: str) -> None:
-    """bench/results.md with its short-examples section replaced (or appended)."""
-    text = md.read_text(encoding="utf-8") if md.exists() else ""
-    pattern = re.compile(re.escape(SECTION[0]) + ".*?" + re.escape(SECTION[1]) + "\n?", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text}\n{section}"
-    md.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sft", description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -261,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.table:
         saved = json.loads(out.read_text())
         write_section(ROOT / "bench" / "results.md",
-                      table(saved["results"], saved["steps"], saved["model"]))
+                      table(saved["results"], saved["steps"], saved["model"]), SECTION)
         return
     earlier = json.loads(out.read_text())["results"] if args.contenders and out.exists() else {}
     with tempfile.TemporaryDirectory() as where:
@@ -273,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     model = "tiny model (2 layers, width 64)" if args.quick else "SmolLM2-135M-Instruct"
     out.write_text(json.dumps({"model": model, "steps": args.steps, "results": results}, indent=2) + "\n")
     if not args.quick:
-        write_section(ROOT / "bench" / "results.md", table(results, args.steps, model))
+        write_section(ROOT / "bench" / "results.md", table(results, args.steps, model), SECTION)
     print(table(results, args.steps, model))
 
 

@@ -203,6 +203,14 @@ class ReportParams(Section):
     title: str = "Fine-tuning report"
 
 
+class ExportParams(Section):
+    """models/export: the fine-tuned model as GGUF (llama.cpp, Ollama, LM Studio)."""
+
+    gguf_type: Literal["f16", "q8_0", "f32"] = "f16"
+    # models/export/<name>-<gguf_type>.gguf
+    name: str = Field("finetuned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+
+
 class Params(Section):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     mode: Literal["text", "pairs", "chat"] = "text"
@@ -216,6 +224,7 @@ class Params(Section):
     tokenize: TokenizeParams = TokenizeParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
     report: ReportParams = ReportParams()
 
     @model_validator(mode="after")
@@ -238,6 +247,7 @@ class Paths:
     tokenized: Path = Path("data/tokenized")
     base_model: Path = Path("models/base")
     finetuned: Path = Path("models/finetuned")
+    export: Path = Path("models/export")
     metrics: Path = Path("metrics")
     train_log: Path = Path("dvclive/train")
     checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train

@@ -1,0 +1,201 @@
+"""The export stage: GGUF files of the tiny GPT-2 and of a tiny Llama with SmolLM2's tokenizer,
+read back by transformers' GGUF loader (a reader nobody here wrote) and compared logit by logit
+with the folder they came from; the same bytes on every run; the Ollama Modelfile's template
+rendering as the folder's chat template does."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+
+from stages import export
+from stages.gguf_file import write_gguf
+from stages.models import SAMPLING, load_model, load_tokenizer, set_inference
+from stages.ollama import modelfile, read_template
+from stages.params import Params, Paths, TokenizeParams, UserError
+from stages.prompts import inference
+from tests.conftest import tiny_params
+
+# the largest absolute logit difference allowed per type, for these tiny models
+TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 0.25}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_back(path: Path) -> Any:
+    return export.read_back(path)[0]
+
+
+def logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0]
+
+
+SMOLLM2_TEMPLATE: list[str] = []  # SmolLM2's own chat template, kept by tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
+    """A 2-layer Llama (width 64, grouped-query attention) with SmolLM2's tokenizer and a chat
+    template, saved as models/finetuned is, random weights scaled up so logits differ."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, rope_theta=100000.0, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0 if p.ndim > 1 else 1.0)
+    folder = tmp_path_factory.mktemp("tiny-llama") / "finetuned"
+    SMOLLM2_TEMPLATE[:] = [smollm2_tokenizer.chat_template]
+    smollm2_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # a copy: the session's stays as it is
+    asked = inference(tokenizer, "chat", TokenizeParams(system_prompt="You are Robin."))
+    set_inference(model, tokenizer, {"chat_template": asked.chat_template,
+                                     "stop_token_ids": asked.stop_token_ids})
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
+def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")
+    back = read_back(written.path)
+    assert back.config.num_key_value_heads == 2 and back.config.tie_word_embeddings
+    ids = tokenizer("The storm came in from the west at 23:14, and", add_special_tokens=False)["input_ids"]
+    diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
+    assert diff <= TOLERANCE[kind], f"{kind}: max logit difference {diff}"
+    if kind != "q8_0":
+        assert export.greedy(model, ids, 12) == export.greedy(back, ids, 12)
+    # the tokenizer and its chat template travel inside the file
+    read_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=written.path.name)
+    probe = "<|im_start|>user\nHi 23:14"
+    assert read_tokenizer(probe)["input_ids"] == tokenizer(probe)["input_ids"]
+    assert read_tokenizer.chat_template == tokenizer.chat_template
+
+
+def test_gpt2_export_reads_back_and_is_the_same_bytes_every_time(
+        trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    folder = trained[1].finetuned
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    first = write_gguf(folder, model, tokenizer, "f16", tmp_path / "a.gguf", "tiny")
+    again = write_gguf(folder, load_model(folder), load_tokenizer(folder), "f16", tmp_path / "b.gguf", "tiny")
+    assert sha(first.path) == sha(again.path)
+    back = read_back(first.path)
+    ids = tokenizer("The miller counted sacks", add_special_tokens=False)["input_ids"]
+    assert (logits(model, ids) - logits(back, ids)).abs().max().item() <= TOLERANCE["f16"]
+    assert export.greedy(model, ids, 8) == export.greedy(back, ids, 8)
+
+
+def test_another_architecture_ends_in_one_line_naming_it(tmp_path: Path,
+                                                         trained: tuple[Params, Paths]) -> None:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=400, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64,
+                                             architectures=["GPTNeoXForCausalLM"]))
+    with pytest.raises(UserError, match=r"gpt_neox architecture \(GPTNeoXForCausalLM\) cannot be"):
+        write_gguf(trained[1].finetuned, model, load_tokenizer(trained[1].finetuned), "f16",
+                   tmp_path / "x.gguf", "x")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, Paths],
+                                                         tmp_path: Path) -> None:
+    params, paths = trained
+    root = tmp_path / "project"
+    local = Paths().under(root)
+    shutil.copytree(paths.finetuned, local.finetuned)
+    summary = export.run(tiny_params(export={"gguf_type": "q8_0", "name": "tiny"}), local)
+    gguf = local.export / "tiny-q8_0.gguf"
+    assert summary["file"] == str(gguf) and summary["bytes"] == gguf.stat().st_size
+    check = summary["check"]
+    assert check["tokenizer_agrees"] and check["max_abs_logit_diff"] <= TOLERANCE["q8_0"]
+    assert summary["ollama_template"] == "derived"
+    text = (local.export / "Modelfile").read_text()
+    assert "FROM ./tiny-q8_0.gguf\n" in text and 'TEMPLATE """' in text
+    assert sorted(p.name for p in local.export.iterdir()) == ["Modelfile", "tiny-q8_0.gguf"]
+
+
+
+def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
+        trained: tuple[Params, Paths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = Paths().under(tmp_path)
+    shutil.copytree(trained[1].finetuned, local.finetuned)
+    export.run(tiny_params(export={"name": "tiny"}), local)
+    before = {p.name: sha(p) for p in local.export.iterdir()}
+
+    def broken(path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"tokenizer_agrees": True, "top_token_agreement": 0.1}
+
+    monkeypatch.setattr(export, "compare", broken)
+    with pytest.raises(UserError, match="does not read back as the model it was written from"):
+        export.run(tiny_params(export={"name": "other"}), local)
+    assert {p.name: sha(p) for p in local.export.iterdir()} == before
+    assert sorted(p.name for p in local.export.parent.iterdir()) == ["export", "finetuned"]
+
+
+@pytest.mark.parametrize("mode,p", [("chat", TokenizeParams(system_prompt="You are Robin.")),
+                                    ("chat", TokenizeParams()),
+                                    ("pairs", TokenizeParams()), ("text", TokenizeParams())])
+def test_modelfile_template_renders_as_the_chat_template(tiny_llama: Path, mode: str,
+                                                         p: TokenizeParams) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    base = AutoTokenizer.from_pretrained(tiny_llama)
+    base.chat_template = SMOLLM2_TEMPLATE[0]
+    tokenizer.chat_template = inference(base, mode, p).chat_template
+    text, source = modelfile("m.gguf", tokenizer, GenerationConfig(eos_token_id=[2], **SAMPLING), 8192)
+
+    def apply(messages: list[dict[str, str]], gen: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+
+    template = read_template(apply)
+    conv = [{"role": "user", "content": "Hi, my kettle leaks."},
+            {"role": "assistant", "content": "Sorry! Your order number?"},
+            {"role": "user", "content": "FH-21290."}]
+    assert source == "derived" and template is not None
+    assert template.render(conv) == apply(conv, True)
+    assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0.8" in text
+    if mode == "chat":
+        system = p.system_prompt or "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+        assert f'SYSTEM """{system}"""' in text
+        assert "<|im_start|>assistant\n{{ else }}" in text
+    else:
+        assert template.last_user_only and "SYSTEM" not in text
+
+
+def test_a_template_that_cannot_be_read_leaves_ollama_the_gguf_one(tiny_llama: Path) -> None:
+    tokenizer = load_tokenizer(tiny_llama)
+    tokenizer.chat_template = (  # renders a message differently by its position
+        "{% for m in messages %}{% if loop.index is even %}[{{ m.role }}] {% endif %}"
+        "{{ m.content }}\n{% endfor %}")
+    text, source = modelfile("m.gguf", tokenizer, GenerationConfig(eos_token_id=2), 512)
+    assert source == "from the GGUF file" and "TEMPLATE" not in text
+    assert text.startswith("# ollama create") and "FROM ./m.gguf\n" in text
+
+
+def test_exported_file_runs_in_llama_cpp(tiny_llama: Path, tmp_path: Path) -> None:
+    """Where llama-cpp-python is installed (`uv run --group llamacpp`, it compiles llama.cpp)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
+    path = write_gguf(tiny_llama, model, tokenizer, "f32", tmp_path / "m.gguf", "tiny").path
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=128)
+    text = "The storm came in from the west at 23:14, and"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    got = torch.tensor(llm.eval_logits)
+    assert (got - logits(model, ids)).abs().max().item() < 0.05
