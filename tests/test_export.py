@@ -6,6 +6,7 @@ rendering as the folder's chat template does."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,86 @@ def test_exported_file_runs_in_llama_cpp(tiny_llama: Path, tmp_path: Path) -> No
     llm.eval(ids)
     got = torch.tensor(llm.eval_logits)
     assert (got - logits(model, ids)).abs().max().item() < 0.05
+
+
+# Ollama renders a Modelfile's TEMPLATE with Go's text/template over these values (its
+# template.Values, reduced to the fields the exported templates use).
+GO_RENDER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct{ Role, Content string }
+type Values struct {
+	Messages                 []Message
+	System, Prompt, Response string
+}
+
+func main() {
+	var in struct {
+		Template string
+		Values   Values
+	}
+	if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil {
+		panic(err)
+	}
+	t := template.Must(template.New("m").Parse(in.Template))
+	if err := t.Execute(os.Stdout, in.Values); err != nil {
+		panic(err)
+	}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Render a Go template as Ollama does (Go's text/template), where Go is installed."""
+    import json
+    import subprocess
+
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain (apt-get install golang-go) to run Ollama's template engine")
+    where = tmp_path_factory.mktemp("go")
+    (where / "main.go").write_text(GO_RENDER)
+    subprocess.run([go, "build", "-o", str(where / "render"), str(where / "main.go")], check=True,
+                   cwd=where, env={**os.environ, "GO111MODULE": "off"}, timeout=300)
+
+    def render(template: str, **values: Any) -> str:
+        done = subprocess.run([str(where / "render")], input=json.dumps(
+            {"Template": template, "Values": values}), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return render
+
+
+@pytest.mark.parametrize("mode,p", [("chat", TokenizeParams(system_prompt="You are Robin.")),
+                                    ("chat", TokenizeParams()),
+                                    ("pairs", TokenizeParams()), ("text", TokenizeParams())])
+def test_ollama_renders_the_modelfile_template_as_training_rendered(
+        tiny_llama: Path, go_render: Any, mode: str, p: TokenizeParams) -> None:
+    import re
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    base = AutoTokenizer.from_pretrained(tiny_llama)
+    base.chat_template = SMOLLM2_TEMPLATE[0]
+    tokenizer.chat_template = inference(base, mode, p).chat_template
+    text, _ = modelfile("m.gguf", tokenizer, GenerationConfig(eos_token_id=[2]), 8192)
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
+    system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
+    conv = [{"role": "user", "content": "Hi, my kettle leaks."},
+            {"role": "assistant", "content": "Sorry! Your order number?"},
+            {"role": "user", "content": "FH-21290, {{ braces }} and all."}]
+    # Ollama's chat API puts the Modelfile's SYSTEM first where a request has no system message
+    messages = ([{"role": "system", "content": system.group(1)}] if system else []) + conv
+    go_messages = [{"Role": m["role"], "Content": m["content"]} for m in messages]
+    want = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert go_render(template, Messages=go_messages) == want
+    # the generate API (a prompt, no messages)
+    alone = tokenizer.apply_chat_template(conv[-1:], tokenize=False, add_generation_prompt=True)
+    assert go_render(template, Prompt=conv[-1]["content"],
+                     System=system.group(1) if system else "") == alone
