@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from stages.params import UserError
+from stages.prompts import adds_bos
 
 # gguf types this exporter writes, with llama.cpp's file-type code for each
 GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}
@@ -143,7 +144,10 @@ def add_tokenizer(writer: Any, folder: Path, tokenizer: Any, vocab_size: int) ->
     writer.add_tokenizer_pre(pre_tokenizer(folder))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    special_vocab = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
+    # said outright, so no runtime guesses whether to put BOS before a prompt training had none for
+    special_vocab.add_special_token.setdefault("bos", adds_bos(tokenizer))
+    special_vocab.add_to_gguf(writer, quiet=True)
 
 
 def write_gguf(folder: Path, model: Any, tokenizer: Any, kind: str, path: Path, name: str) -> Written:

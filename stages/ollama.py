@@ -55,13 +55,15 @@ def read_template(apply: Any) -> Template | None:
     user = [{"role": "user", "content": MARK["user"].format(1)}]
     probe = [*user, {"role": "assistant", "content": MARK["assistant"].format(1)},
              {"role": "user", "content": MARK["user"].format(2)}]
+    from jinja2 import TemplateError
+
     try:
         if MARK["user"].format(1) not in apply(probe, True):
             pieces = _chunk(apply(probe[-1:], True), MARK["user"].format(2))
             return Template({"user": pieces}, last_user_only=True) if pieces else None
         return _read_chat(apply)
-    except Exception:  # noqa: BLE001 - a template raising on a probe is one we cannot read
-        return None
+    except (TemplateError, ValueError, TypeError, KeyError, IndexError):  # what templates raise
+        return None  # e.g. one that refuses a system turn: Ollama reads the GGUF's instead
 
 
 def _read_chat(apply: Any) -> Template | None:

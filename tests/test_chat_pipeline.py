@@ -18,7 +18,7 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
     done = sh(project, "dvc", "exp", "run", "-n", "support-chat", "-S", "mode=chat",
               "-S", "ingest.paths=[data/examples/chat]", "-S", "tokenize.block_size=512",
               "-S", 'evaluate.prompts=["Can I pay in instalments?"]')
-    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate", "report"}
+    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate", "export", "report"}
     metrics = project / "metrics"
     ingested = json.loads((metrics / "ingest.json").read_text())
     assert ingested["records"] == 156 and ingested["skipped"] == 0

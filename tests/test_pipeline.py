@@ -115,7 +115,7 @@ def test_dvc_repro_end_to_end(project: Path) -> None:
     assert SECRET not in first.stdout + first.stderr
     for path in project.rglob("*"):  # metrics, logs, reports, models, DVC's cache and state
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
-    assert stages_run(first.stdout) == {*DATA_STAGES, "train", "evaluate", "report"}
+    assert stages_run(first.stdout) == {*DATA_STAGES, "train", "evaluate", "export", "report"}
     ev = json.loads((project / "metrics" / "eval.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert ev["perplexity_improvement"] > 0 and ev["test_tokens"] > 1000
@@ -124,6 +124,10 @@ def test_dvc_repro_end_to_end(project: Path) -> None:
     assert train["env"]["device"] == "cpu" and train["env"]["dvc"]
     assert (project / "models" / "finetuned" / "model.safetensors").is_file()
     assert "finetuned" in (project / "reports" / "report.md").read_text()
+    exported = json.loads((project / "metrics" / "export.json").read_text())
+    assert sorted(p.name for p in (project / "models" / "export").iterdir()) == [
+        "Modelfile", "finetuned-f16.gguf"]
+    assert exported["check"]["tokenizer_agrees"] and exported["check"]["greedy_agreement"] == 1.0
     assert "/tokenized" in (project / "data" / ".gitignore").read_text()
     assert "/finetuned" in (project / "models" / ".gitignore").read_text()
 
@@ -142,10 +146,10 @@ def test_data_stages_give_the_same_bytes_whatever_the_hash_seed(project: Path) -
     assert lock_outs(project, DATA_STAGES) == before
 
 
-def test_learning_rate_change_reruns_only_train_evaluate_report(project: Path) -> None:
+def test_learning_rate_change_reruns_only_train_and_what_follows(project: Path) -> None:
     sh(project, "dvc", "repro")
     set_learning_rate(project, 1.0e-3)
-    assert stages_run(sh(project, "dvc", "repro").stdout) == {"train", "evaluate", "report"}
+    assert stages_run(sh(project, "dvc", "repro").stdout) == {"train", "evaluate", "export", "report"}
 
 
 def test_training_twice_with_the_same_seed_gives_identical_metrics(project: Path) -> None:
