@@ -152,10 +152,16 @@ class TrainParams(Section):
     warmup_steps: int = Field(0, ge=0)  # >0: this many warmup steps instead of warmup_ratio
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+        "reduce_lr_on_plateau",
     ] = "cosine"
+    # reduce_lr_on_plateau: multiply the rate by plateau_factor after plateau_patience evaluations
+    # (every eval_steps) without a lower validation loss; warmup does not apply to it
+    plateau_patience: int = Field(1, ge=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
     early_stopping_patience: int = Field(0, ge=0)  # 0: off
-    freeze_layers: int = Field(0, ge=0)  # method freeze: the embeddings and the first N blocks
+    # method freeze: the embeddings and the first N blocks; None: the first half of the blocks
+    freeze_layers: int | None = Field(None, ge=0)
     lora: LoraParams = LoraParams()
     gradient_checkpointing: bool = False
     eval_steps: int = Field(10, ge=1)
@@ -172,9 +178,9 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
-        if self.method == "freeze" and not self.freeze_layers:
-            raise ValueError("train.freeze_layers: train.method freeze needs the number of "
-                             "blocks to freeze (1 or more)")
+        if self.method == "freeze" and self.freeze_layers == 0:
+            raise ValueError("train.freeze_layers: train.method freeze needs 1 or more blocks to "
+                             "freeze, or null for the first half of them")
         if self.freeze_layers and self.method != "freeze":
             raise ValueError(f"train.freeze_layers: {self.freeze_layers} blocks to freeze, but "
                              f"train.method is {self.method}; set train.method: freeze")

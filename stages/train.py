@@ -230,11 +230,17 @@ def freeze(model: Any, n_layers: int) -> None:
         block.requires_grad_(False)
 
 
+def default_frozen(model: Any) -> int:
+    """`train.freeze_layers: null`: the first half of the blocks (at least one), where the more
+    general features sit; the later half adapts to the data (SmolLM2-135M: 15 of 30)."""
+    return max(1, model.config.num_hidden_layers // 2)
+
+
 def prepare(model: Any, p: TrainParams) -> Any:
     """The model to train for `train.method`: every weight (full), all but the embeddings and
     the first blocks (freeze), or LoRA adapters on top of frozen weights (lora, through peft)."""
     if p.method == "freeze":
-        freeze(model, p.freeze_layers)
+        freeze(model, default_frozen(model) if p.freeze_layers is None else p.freeze_layers)
     elif p.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -301,6 +307,9 @@ def training_args(p: TrainParams, seed: int, device: str, precision: str, out: P
         # transformers 5: a float below 1 is a ratio of the training steps, an int a step count
         warmup_steps=p.warmup_steps or float(p.warmup_ratio), weight_decay=p.weight_decay,
         lr_scheduler_type=p.lr_scheduler, activation_checkpointing=p.gradient_checkpointing,
+        # stepped with the validation loss of each evaluation (metric_for_best_model)
+        lr_scheduler_kwargs=({"patience": p.plateau_patience, "factor": p.plateau_factor}
+                             if p.lr_scheduler == "reduce_lr_on_plateau" else {}),
         # the curve starts at the base model; a resumed run has that point from its checkpoint
         eval_strategy="steps", eval_steps=p.eval_steps, eval_on_start=not resuming,
         logging_steps=p.logging_steps,

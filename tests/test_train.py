@@ -91,7 +91,7 @@ def outputs_under(paths: Paths, root: Path) -> Paths:
 
 @pytest.mark.parametrize(("values", "expect_changed"), [
     ({"method": "full"}, lambda name: True),
-    ({"method": "freeze", "freeze_layers": 1},
+    ({"method": "freeze"},  # freeze_layers: null, half the blocks: 1 of the tiny model's 2
      lambda name: not name.startswith(("transformer.wte", "transformer.wpe", "transformer.h.0.",
                                        "lm_head"))),  # GPT-2's output head is the tied wte
     ({"method": "lora", "lora": {"r": 4, "target_modules": ["c_attn"]}},
@@ -119,8 +119,9 @@ def test_each_method_changes_exactly_the_intended_weights(
 
 
 def test_methods_and_their_params_must_agree() -> None:
-    with pytest.raises(UserError, match="train.freeze_layers: train.method freeze needs"):
-        parse({"train": {"method": "freeze"}})
+    assert parse({"train": {"method": "freeze"}}).train.freeze_layers is None  # half the blocks
+    with pytest.raises(UserError, match="train.freeze_layers: train.method freeze needs 1 or more"):
+        parse({"train": {"method": "freeze", "freeze_layers": 0}})
     with pytest.raises(UserError, match="train.freeze_layers: 2 blocks to freeze, but train.method "
                                         "is full"):
         parse({"train": {"freeze_layers": 2}})
@@ -156,3 +157,20 @@ def test_two_cpu_processes_train_like_one_with_the_same_effective_batch(
     assert two["tokens"] == one["tokens"], "the same number of tokens per optimizer step"
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.02)
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
+
+
+def test_reduce_lr_on_plateau_lowers_the_rate_when_validation_loss_stops_falling(
+        trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    """A learning rate of 0.5 makes the tiny model's validation loss rise from the first steps:
+    the scheduler, fed each evaluation's loss, halves the rate after each evaluation that is no
+    better (patience 0). The logged rates show each cut."""
+    params, paths = trained
+    out = outputs_under(paths, tmp_path)
+    summary = train.run(with_train(params, lr_scheduler="reduce_lr_on_plateau", learning_rate=0.5,
+                                   plateau_patience=0, plateau_factor=0.5, max_steps=6,
+                                   eval_steps=1, save_steps=6, logging_steps=1), out)
+    log = out.train_log / "plots" / "metrics" / "train" / "learning_rate.tsv"
+    rates = [float(line.split("\t")[-1]) for line in log.read_text().splitlines()[1:]]
+    assert rates[0] == 0.5 and rates[-1] < 0.5, rates
+    assert all(b <= a for a, b in zip(rates, rates[1:], strict=False))
+    assert math.isfinite(summary["val_loss"])
