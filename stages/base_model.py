@@ -16,7 +16,7 @@ import pandas as pd
 
 from stages import conversations
 from stages.io import atomic_output, read_parquet, stage_main
-from stages.models import context_length
+from stages.models import context_length, save_tokenizer
 from stages.params import PATHS, Params, Paths, ScratchParams, UserError
 
 EOS = "<|endoftext|>"
@@ -144,7 +144,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     with atomic_output(paths.base_model) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     return {"source": params.model.source, "model_type": model.config.model_type,
             "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tokenizer), "context_length": context_length(model.config),

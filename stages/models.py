@@ -124,3 +124,17 @@ def set_inference(model: Any, tokenizer: Any, asked: dict[str, Any]) -> None:
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
     config.update(**SAMPLING)
+
+
+# How a tokenizer was loaded, which transformers records in tokenizer_config.json: under
+# HF_HUB_OFFLINE=1, local_files_only is true. Not part of the tokenizer, so never saved: the same
+# model gives the same bytes in any environment.
+LOAD_STATE = ("local_files_only", "is_local", "cache_dir", "force_download", "proxies", "token",
+              "revision", "subfolder", "_commit_hash", "trust_remote_code")
+
+
+def save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """tokenizer.save_pretrained without the load-time settings of LOAD_STATE."""
+    for key in LOAD_STATE:
+        tokenizer.init_kwargs.pop(key, None)
+    tokenizer.save_pretrained(directory)

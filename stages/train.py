@@ -32,6 +32,7 @@ from stages.models import (
     model_inputs,
     pick_device,
     pick_precision,
+    save_tokenizer,
     set_inference,
 )
 from stages.params import PATHS, Params, Paths, TrainParams, UserError
@@ -272,7 +273,7 @@ def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path
             state = None
         set_inference(model, tokenizer, asked)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
 
 
 def speed_options(p: TrainParams, device: str) -> dict[str, Any]:
