@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.models import pick_device
+from stages.models import local_model_dir, pick_device
 from stages.params import PATHS, UserError
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -198,9 +198,7 @@ def run(args: argparse.Namespace) -> None:
     import uvicorn
     from transformers.utils import logging as hf_logging
 
-    from stages.models import load_tokenizer
-
-    load_tokenizer(args.model)  # a missing or broken folder fails here, in one line
+    local_model_dir(args.model)  # a missing folder fails here, in one line
     check_port_free(args.host, args.port)
     hf_logging.set_verbosity_error()  # not a "[Request received]" warning per request
     started = time.perf_counter()

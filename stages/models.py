@@ -38,7 +38,7 @@ def pick_precision(preference: str, device: str) -> str:
     return preference
 
 
-def _local_model_dir(path: Path) -> Path:
+def local_model_dir(path: Path) -> Path:
     """A local model directory; a missing one must not fall through to a hub download."""
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"{path}: no model there; run the stages before this one (uv run dvc repro)")
@@ -49,7 +49,7 @@ def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
     """A causal LM from a local Hugging Face directory, safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM
 
-    path = _local_model_dir(path)
+    path = local_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(
         path, use_safetensors=True, trust_remote_code=False, dtype="float32",
         attn_implementation=attention,
@@ -60,7 +60,7 @@ def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
 def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_local_model_dir(path), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(local_model_dir(path), trust_remote_code=False)
 
 
 def context_length(config: Any) -> int:

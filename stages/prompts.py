@@ -324,5 +324,4 @@ def inference(tokenizer: Any, mode: str, p: TokenizeParams) -> Inference:
     if mode == "pairs":  # rendered with the tokenizer's own template, without a system turn
         p = p.model_copy(update={"chat_template": None, "system_prompt": None})
     renderer = Renderer(tokenizer, p)
-    return Inference(chat_preamble(p) + renderer.template,
-                     list(dict.fromkeys([*stop_token_ids(renderer), *eos])))
+    return Inference(chat_preamble(p) + renderer.template, stop_token_ids(renderer))  # EOS last

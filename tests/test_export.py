@@ -40,9 +40,6 @@ def logits(model: Any, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids])).logits[0]
 
 
-SMOLLM2_TEMPLATE: list[str] = []  # SmolLM2's own chat template, kept by tiny_llama
-
-
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
     """A 2-layer Llama (width 64, grouped-query attention) with SmolLM2's tokenizer and a chat
@@ -59,7 +56,6 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any)
         for p in model.parameters():
             p.mul_(8.0 if p.ndim > 1 else 1.0)
     folder = tmp_path_factory.mktemp("tiny-llama") / "finetuned"
-    SMOLLM2_TEMPLATE[:] = [smollm2_tokenizer.chat_template]
     smollm2_tokenizer.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # a copy: the session's stays as it is
     asked = inference(tokenizer, "chat", TokenizeParams(system_prompt="You are Robin."))
@@ -68,6 +64,13 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
+    """The folder's tokenizer with the chat template a model trained in `mode` on SmolLM2 gets."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = inference(smollm2, mode, p).chat_template
+    return tokenizer
 
 
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
@@ -152,12 +155,9 @@ def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
 @pytest.mark.parametrize("mode,p", [("chat", TokenizeParams(system_prompt="You are Robin.")),
                                     ("chat", TokenizeParams()),
                                     ("pairs", TokenizeParams()), ("text", TokenizeParams())])
-def test_modelfile_template_renders_as_the_chat_template(tiny_llama: Path, mode: str,
-                                                         p: TokenizeParams) -> None:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    base = AutoTokenizer.from_pretrained(tiny_llama)
-    base.chat_template = SMOLLM2_TEMPLATE[0]
-    tokenizer.chat_template = inference(base, mode, p).chat_template
+def test_modelfile_template_renders_as_the_chat_template(tiny_llama: Path, smollm2_tokenizer: Any,
+                                                         mode: str, p: TokenizeParams) -> None:
+    tokenizer = trained_in(mode, p, tiny_llama, smollm2_tokenizer)
     text, source = modelfile("m.gguf", tokenizer, GenerationConfig(eos_token_id=[2], **SAMPLING), 8192)
 
     def apply(messages: list[dict[str, str]], gen: bool) -> str:
@@ -261,13 +261,11 @@ def go_render(tmp_path_factory: pytest.TempPathFactory) -> Any:
                                     ("chat", TokenizeParams()),
                                     ("pairs", TokenizeParams()), ("text", TokenizeParams())])
 def test_ollama_renders_the_modelfile_template_as_training_rendered(
-        tiny_llama: Path, go_render: Any, mode: str, p: TokenizeParams) -> None:
+        tiny_llama: Path, smollm2_tokenizer: Any, go_render: Any, mode: str,
+        p: TokenizeParams) -> None:
     import re
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    base = AutoTokenizer.from_pretrained(tiny_llama)
-    base.chat_template = SMOLLM2_TEMPLATE[0]
-    tokenizer.chat_template = inference(base, mode, p).chat_template
+    tokenizer = trained_in(mode, p, tiny_llama, smollm2_tokenizer)
     text, _ = modelfile("m.gguf", tokenizer, GenerationConfig(eos_token_id=[2]), 8192)
     template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M).group(1)
     system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
