@@ -2,8 +2,9 @@
 loss, perplexity and the relative improvement (in pairs and chat mode on the answer tokens only);
 in pairs mode also BLEU and ROUGE-L of greedy answers to the test prompts, in chat mode of greedy
 replies in place of each test conversation's last assistant turn, given the turns before it.
-Sample generations for `evaluate.prompts` (in chat mode asked as user messages). Writes metrics/eval.json
-and metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
+Sample generations for `evaluate.prompts` (in chat mode asked as user messages). Writes
+metrics/eval.json (the headline figures), metrics/eval_details.json (all of them) and
+metrics/samples.json. Params: `seed`, `mode`, `evaluate`, `tokenize` (prompt rendering),
 `train.device`."""
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.params import PATHS, Params, UserError, load
+from stages.metrics import HEADLINE, headline
+from stages.params import PATHS, Params, Paths, UserError, load
 
 
 @contextmanager
@@ -200,6 +201,15 @@ def _summary_line(name: str, summary: dict[str, Any], seconds: float) -> str:
             + f" ({seconds:.1f} s, peak memory {peak_memory_mb():,.0f} MB)")
 
 
+def write_summary(name: str, summary: dict[str, Any], paths: Paths = PATHS) -> None:
+    """metrics/<name>.json; for the stages with headline figures (stages.metrics), those go
+    there and the whole summary to metrics/<name>_details.json."""
+    if name in HEADLINE:
+        write_json(summary, paths.details_file(name))
+        summary = headline(name, summary)
+    write_json(summary, paths.metrics / f"{name}.json")
+
+
 def stage_main(
     name: str,
     run: Callable[[Params], dict[str, Any]],
@@ -209,7 +219,7 @@ def stage_main(
     pass_params_file: bool = False,
 ) -> None:
     """The thin CLI every stage shares: --params, validation before any work, one-line user
-    errors with exit 1, the summary written to metrics/<stage>.json and printed."""
+    errors with exit 1, the summary written to metrics/<stage>.json (write_summary) and printed."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     args = parser.parse_args(argv)
@@ -220,11 +230,10 @@ def stage_main(
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(1)
-    metrics = PATHS.metrics / f"{metrics_name or name}.json"
     if "LOCAL_RANK" in os.environ:  # a torchrun worker: rank 0 hands the metrics to the launcher
         if write_metrics and os.environ.get("RANK") == "0":
-            write_json(summary, metrics)
+            write_summary(metrics_name or name, summary)
         return
     if write_metrics:
-        write_json(summary, metrics)
+        write_summary(metrics_name or name, summary)
     print(_summary_line(name, summary, time.perf_counter() - started))

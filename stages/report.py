@@ -29,6 +29,9 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
+PLOT = "loss.png"
+
+
 def loss_curves(log_dir: Path) -> dict[str, pd.DataFrame]:
     """The DVCLive histories of train and eval loss (step, value)."""
     curves = {}
@@ -52,7 +55,10 @@ def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title("Training and validation loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if curves:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no losses logged", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out, format="png", metadata={"Software": None})
     plt.close(fig)
@@ -69,7 +75,7 @@ def model_table(ev: dict[str, Any]) -> list[list[str]]:
 
 
 def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]],
-           plot: str | None) -> list[Block]:
+           plot: str) -> list[Block]:
     """The report's content, independent of the output format."""
     ev, tr = metrics["eval"], metrics["train"]
     improvement = ev.get("perplexity_improvement")
@@ -156,13 +162,15 @@ def to_html(content: list[Block], images: Path) -> str:
 
 def read_metrics(paths: Paths) -> dict[str, Any]:
     metrics = {}
-    for name in ("ingest", "clean", "split", "tokenize", "base_model", "train", "eval"):
+    for name in ("ingest", "clean", "split", "tokenize", "base_model"):
         path = paths.metrics / f"{name}.json"
         if path.exists():
             metrics[name] = read_json(path)
-    for needed in ("train", "eval"):
-        if needed not in metrics:
-            raise UserError(f"{paths.metrics / (needed + '.json')}: missing; run the pipeline first")
+    for name in ("train", "eval"):  # the whole summaries, not only their headline figures
+        path = paths.details_file(name)
+        if not path.exists():
+            raise UserError(f"{path}: missing; run the pipeline first")
+        metrics[name] = read_json(path)
     return metrics
 
 
@@ -171,15 +179,14 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     samples_path = paths.metrics / "samples.json"
     samples = read_json(samples_path) if samples_path.exists() else []
     curves = loss_curves(paths.train_log)
-    with atomic_output(paths.reports) as tmp:  # the plot and both pages appear together
-        tmp.mkdir()
-        plot = None
-        if curves:
-            plot = "loss.png"
-            plot_losses(curves, tmp / plot)
-        content = blocks(params, metrics, samples, plot)
-        (tmp / "report.md").write_text(to_markdown(content), encoding="utf-8")
-        (tmp / "report.html").write_text(to_html(content, tmp), encoding="utf-8")
+    # Three files, not the folder: reports/ also holds what `uv run tune` writes (reports/tune).
+    with atomic_output(paths.reports / PLOT) as tmp:
+        plot_losses(curves, tmp)
+    content = blocks(params, metrics, samples, PLOT)
+    with atomic_output(paths.reports / "report.md") as tmp:
+        tmp.write_text(to_markdown(content), encoding="utf-8")
+    with atomic_output(paths.reports / "report.html") as tmp:  # last: it embeds the plot
+        tmp.write_text(to_html(content, paths.reports), encoding="utf-8")
     return {"report": str(paths.reports / "report.html"), "plots": len(curves)}
 
 

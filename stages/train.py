@@ -1,7 +1,8 @@
 """Fine-tune models/base on data/tokenized/train with the Hugging Face Trainer, evaluating on
 data/tokenized/val; write models/finetuned/ (safetensors + tokenizer, with the chat template,
 stop tokens and default sampling of data/tokenized/inference.json), the loss curves
-(DVCLive, under dvclive/train) and metrics/train.json. Params: `seed`, `train`.
+(DVCLive, under dvclive/train), metrics/train.json (validation loss, tokens/s) and
+metrics/train_details.json (the whole summary). Params: `seed`, `train`.
 
 Every `train.save_steps` steps a checkpoint (model, optimizer, scheduler, RNG, data position)
 goes to models/checkpoints/; a run that was killed resumes from the last complete one, provided
@@ -24,6 +25,7 @@ from typing import Any
 
 from transformers import ProgressCallback, TrainerCallback
 
+from stages import progress
 from stages.io import atomic_output, read_json, remove, stage_main, write_json
 from stages.models import (
     collator,
@@ -72,6 +74,8 @@ class LiveLosses(TrainerCallback):
                **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             self._log(state.global_step, logs)
+            if "eval_loss" in logs:  # for `uv run tune`'s pruner, when it runs this stage
+                progress.report(state.global_step, float(logs["eval_loss"]))
 
 
 class QuietProgress(ProgressCallback):
@@ -417,8 +421,8 @@ RESUME_ENV = "FINETUNE_RESUME_FROM"  # the launcher's resume decision, handed to
 def launch(params: Params, paths: Paths, params_file: str) -> dict[str, Any]:
     """`train.num_processes` > 1: this stage again under torchrun, one process per GPU (or CPU
     process), DDP or FSDP. The launcher settles the checkpoints first, so the workers agree on
-    where to resume; rank 0 writes the model and metrics/train.json, which are returned here."""
-    metrics = paths.metrics / "train.json"
+    where to resume; rank 0 writes the model and metrics/train_details.json, which is returned."""
+    metrics = paths.details_file("train")
     remove(metrics)  # what rank 0 writes, not a stale file, is the result
     resume = resume_for(params, paths)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

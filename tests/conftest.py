@@ -74,7 +74,7 @@ def run_data_stages(params: Params, paths: Paths) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     """The tiny text-mode pipeline up to and including train, run once for the session."""
     from stages import train
-    from stages.io import write_json
+    from stages.io import write_summary
 
     root = tmp_path_factory.mktemp("pipeline")
     (root / "raw").mkdir()
@@ -83,7 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     params = tiny_params(ingest={"paths": [str(root / "raw")]}, clean={"max_chars": 400})
     paths = PATHS.under(root)
     run_data_stages(params, paths)
-    write_json(train.run(params, paths), paths.metrics / "train.json")  # as stage_main does
+    write_summary("train", train.run(params, paths), paths)  # as stage_main does
     return params, paths
 
 
@@ -127,7 +127,7 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     import yaml
 
     from stages import train
-    from stages.io import write_json
+    from stages.io import write_summary
 
     root = tmp_path_factory.mktemp("chat-pipeline")
     raw = root / "data" / "chat.jsonl"
@@ -140,5 +140,5 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     paths = PATHS.under(root)
     run_data_stages(params, paths)
-    write_json(train.run(params, paths), paths.metrics / "train.json")
+    write_summary("train", train.run(params, paths), paths)
     return params, paths

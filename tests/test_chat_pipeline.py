@@ -25,7 +25,7 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
     tokenized = json.loads((metrics / "tokenize.json").read_text())
     assert tokenized["train"]["examples_per_block"] > 1.5
     assert 0.5 < tokenized["train"]["packing_efficiency"] <= 1
-    ev = json.loads((metrics / "eval.json").read_text())
+    ev = json.loads((metrics / "eval_details.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert {"bleu", "rougeL"} <= set(ev["finetuned"]) and ev["test_tokens"] > 0
     samples = json.loads((metrics / "samples.json").read_text())

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stages import evaluate, report, train
+from stages.io import write_summary
 from stages.models import load_model, load_tokenizer
 from stages.params import PATHS, Params, Paths
 from tests.conftest import run_data_stages, tiny_params
@@ -52,8 +53,8 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
     samples = json.loads((paths.metrics / "samples.json").read_text())
     assert [s["prompt"] for s in samples] == ["The miller"]
-    (paths.metrics / "eval.json").write_text(json.dumps(summary))
-    (paths.metrics / "train.json").write_text(json.dumps(train.run(params, paths)))
+    write_summary("eval", summary, paths)
+    write_summary("train", train.run(params, paths), paths)
     report.run(params, paths)
     md = (paths.reports / "report.md").read_text()
     assert "| finetuned |" in md and "![loss curves](loss.png)" in md and "The miller" in md

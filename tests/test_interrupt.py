@@ -56,7 +56,7 @@ def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
     resumed = sh(resumable, "dvc", "repro").stdout
     step = int(resumed.split("train: resuming from models/checkpoints/checkpoint-")[1].split()[0])
     assert 10 <= step < 120
-    after_resume = json.loads((resumable / "metrics" / "train.json").read_text())
+    after_resume = json.loads((resumable / PATHS.details_file("train")).read_text())
     assert after_resume["resumed_from_step"] == step and after_resume["steps"] == 120
     assert not checkpoints.exists(), "train.keep_checkpoints is false: removed after the run"
     eval_log = (resumable / PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv")
@@ -64,7 +64,7 @@ def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
         ["0", "40", "80"], "the log holds the steps before the checkpoint too, once each"
 
     sh(resumable, "dvc", "repro", "--force", "--single-item", "train")  # uninterrupted
-    uninterrupted = json.loads((resumable / "metrics" / "train.json").read_text())
+    uninterrupted = json.loads((resumable / PATHS.details_file("train")).read_text())
     assert uninterrupted["resumed_from_step"] == 0
     for key in ("train_loss", "val_loss", "steps", "tokens"):
         assert after_resume[key] == uninterrupted[key], key

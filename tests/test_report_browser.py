@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from stages import evaluate, report
-from stages.io import write_json
+from stages.io import write_summary
 from stages.params import Params, Paths
 from tests.conftest import ROOT
 
@@ -41,7 +41,7 @@ def console_errors(log: str) -> list[str]:
 @pytest.fixture
 def rendered(trained: tuple[Params, Paths]) -> Path:
     params, paths = trained
-    write_json(evaluate.run(params, paths), paths.metrics / "eval.json")
+    write_summary("eval", evaluate.run(params, paths), paths)
     report.run(params, paths)
     return paths.reports / "report.html"
 

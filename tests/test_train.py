@@ -151,7 +151,7 @@ def test_two_cpu_processes_train_like_one_with_the_same_effective_batch(
         assert done.stdout.count("train: method=") == 1, "one summary, from the launcher"
         assert (root / PATHS.finetuned / "model.safetensors").is_file()
         assert not list((root / "models").glob(".finetuned.*")), "saved once, nothing left over"
-        runs[processes] = json.loads((root / "metrics" / "train.json").read_text())
+        runs[processes] = json.loads((root / PATHS.details_file("train")).read_text())
     one, two = runs[1], runs[2]
     assert two["processes"] == 2 and two["steps"] == one["steps"] == 4
     assert two["tokens"] == one["tokens"], "the same number of tokens per optimizer step"

@@ -1,0 +1,224 @@
+"""`uv run tune`: search the `tune.space` of params.yaml with Optuna, each trial a DVC experiment.
+
+    uv run tune                  # tune.n_trials trials (continues the study if it exists)
+    uv run tune --trials 20      # the study ends with 20 finished trials
+    uv run tune --jobs 2         # two trials at once (DVC's temporary-directory executors)
+    uv run tune --report         # only write reports/tune/<study>/ and print the best trial
+
+Stop it with Ctrl-C whenever: the running trial is marked failed and leaves nothing behind, and
+the next `uv run tune` carries on with the trials that are left. The best trial is one
+`uv run dvc exp apply <study>-t<N>` away."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from commands import search
+from stages.params import Params, UserError, load
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tune", description="Search hyperparameters with "
+                                     "Optuna; every trial is a DVC experiment (dvc exp show).")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="finished trials the study ends with (default: tune.n_trials)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="trials at once on this machine (default: tune.jobs)")
+    parser.add_argument("--enqueue", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                        help="a point to try first, e.g. --enqueue train.learning_rate=1.0e-4 "
+                        "(keys left out are sampled); repeat for more points")
+    parser.add_argument("--report", action="store_true",
+                        help="run no trial: write the report of the study and print the best")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    if args.trials is not None and args.trials < 1 or args.jobs is not None and args.jobs < 1:
+        parser.error("--trials and --jobs must be at least 1")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"tune: {message}", flush=True)
+
+
+def open_study(params: Params, root: Path) -> Any:
+    import optuna
+
+    p = params.tune
+    url = search.storage_url(p, root)
+    try:
+        storage = (optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+                   if "://" in url else url)
+        existed = p.study in optuna.get_all_study_names(storage)
+        study = optuna.create_study(study_name=p.study, storage=storage, load_if_exists=True,
+                                    sampler=search.sampler(p), pruner=search.pruner(p),
+                                    direction=search.direction(p))
+    except (ImportError, ValueError, optuna.exceptions.OptunaError) as e:
+        raise UserError(f"tune.storage {url}: {e}") from None
+    if study.direction.name.lower() != search.direction(p):
+        raise UserError(f"study {p.study} in {url} was made to {study.direction.name.lower()} "
+                        f"another objective; set another tune.study for tune.objective {p.objective}")
+    left_over = search.existing_experiments(root, p.study)
+    if not existed and left_over:
+        raise UserError(f"experiments {', '.join(left_over[:3])}... are from an earlier study "
+                        f"{p.study}; remove them (uv run dvc exp remove {' '.join(left_over)}) or "
+                        "set another tune.study")
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)  # trials of a tune that was killed outright
+    one_at_a_time(study)
+    return study
+
+
+def one_at_a_time(study: Any) -> None:
+    """Let one thread at a time start a trial. SQLite has no row locks, so two --jobs threads can
+    pop the same enqueued trial (seen here: both ran it); PostgreSQL and MySQL lock the row."""
+    ask, lock = study.ask, threading.Lock()
+
+    def locked_ask(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return ask(*args, **kwargs)
+
+    study.ask = locked_ask  # study.optimize starts every trial with study.ask()
+
+
+def finished(study: Any) -> int:
+    return sum(t.state.name in FINISHED for t in study.trials)
+
+
+class Budget:
+    """Stops the study once its finished trials, with those still running, reach n_trials: with
+    --jobs N no trial starts that the budget has no room for."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        if sum(s in FINISHED for s in states) + states.count("RUNNING") >= self.n_trials:
+            study.stop()
+
+
+def best_line(study: Any, p: Any) -> str:
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        return "no trial has completed yet"
+    best = study.best_trial
+    run = best.user_attrs.get("values", best.params)
+    values = " ".join(f"{k}={search.yaml_value(v)}" for k, v in run.items())
+    name = best.user_attrs.get("experiment", search.experiment_name(p.study, best.number))
+    return (f"best: trial {best.number} ({name}), {p.objective} {best.value:.4f}: {values}\n"
+            f"tune: apply it with: uv run dvc exp apply {name}")
+
+
+def write_report(study: Any, out: Path) -> list[str]:
+    """reports/tune/<study>/: trials.csv and Optuna's matplotlib plots (those the trials allow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+    written = ["trials.csv"]
+    wanted = {"history.png": plots.plot_optimization_history,
+              "importances.png": plots.plot_param_importances,
+              "intermediate.png": plots.plot_intermediate_values}
+    for name, plot in wanted.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need two completed trials
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100, metadata={"Software": None})
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def stop_on_signal(signum: int, frame: Any) -> None:
+    search.STOP.set()
+    raise KeyboardInterrupt
+
+
+def check_repository(root: Path) -> None:
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root,
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        raise UserError(f"{root.resolve()}: not a git repository with a commit; experiments are "
+                        "based on a commit (git add -A && git commit)")
+
+
+def run(args: argparse.Namespace) -> None:
+    import optuna
+
+    root = Path.cwd()
+    params = load(args.params)
+    raw = yaml.safe_load(args.params.read_text(encoding="utf-8"))
+    p = params.tune
+    if not p.space:
+        raise UserError(f"{args.params}: tune.space is empty: give it a key to search, e.g. "
+                        "train.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
+    search.check_space(raw, p)
+    check_repository(root)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune says what happens itself
+    # Optuna marks heartbeats (which fail the trials of a killed tune) experimental: not ours to act on
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    points = [search.parse_point(items, p.space) for items in args.enqueue]
+    study = open_study(params, root)
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=True)
+    n_trials = args.trials or p.n_trials
+    jobs = args.jobs or p.jobs
+    if not args.report:
+        done = finished(study)
+        if done >= n_trials:
+            say(f"study {p.study} already has {done} finished trials (of {n_trials})")
+        else:
+            say(f"study {p.study}: {done} of {n_trials} trials finished; running "
+                f"{n_trials - done} more, {jobs} at a time (logs: {search.TUNE_DIR}/logs)")
+            signal.signal(signal.SIGTERM, stop_on_signal)
+            signal.signal(signal.SIGINT, stop_on_signal)
+            try:
+                study.optimize(search.Objective(root, params, raw, say), n_trials=n_trials - done,
+                               n_jobs=jobs, gc_after_trial=False, callbacks=[Budget(n_trials)])
+            except KeyboardInterrupt:
+                search.STOP.set()
+                say(f"stopped: the running trial is marked failed; {finished(study)} of {n_trials} "
+                    "trials are finished, and `uv run tune` continues the study")
+                sys.exit(130)
+    written = write_report(study, root / search.REPORT_DIR / p.study)
+    say(f"report: {search.REPORT_DIR / p.study} ({', '.join(written)})")
+    say(best_line(study, p))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except UserError as e:
+        print(f"tune: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except search.TrialFailed as e:
+        print(f"tune: error: a trial failed (the study keeps it as failed; `uv run tune` goes on "
+              f"with a new one): {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
