@@ -175,11 +175,11 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"{args.params}: tune.space is empty: give it a key to search, e.g. "
                         "train.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
     search.check_space(raw, p)
+    points = [search.parse_point(items, p.space) for items in args.enqueue]
     check_repository(root)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune says what happens itself
     # Optuna marks heartbeats (which fail the trials of a killed tune) experimental: not ours to act on
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    points = [search.parse_point(items, p.space) for items in args.enqueue]
     study = open_study(params, root)
     for point in points:
         study.enqueue_trial(point, skip_if_exists=True)

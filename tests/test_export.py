@@ -77,7 +77,7 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")
-    back = read_back(written.path)
+    back, read_tokenizer = export.read_back(written.path)  # the tokenizer as the file has it
     assert back.config.num_key_value_heads == 2 and back.config.tie_word_embeddings
     ids = tokenizer("The storm came in from the west at 23:14, and", add_special_tokens=False)["input_ids"]
     diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
@@ -85,7 +85,6 @@ def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: P
     if kind != "q8_0":
         assert export.greedy(model, ids, 12) == export.greedy(back, ids, 12)
     # the tokenizer and its chat template travel inside the file
-    read_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=written.path.name)
     probe = "<|im_start|>user\nHi 23:14"
     assert read_tokenizer(probe)["input_ids"] == tokenizer(probe)["input_ids"]
     assert read_tokenizer.chat_template == tokenizer.chat_template
