@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,14 +58,18 @@ def grid(space: dict[str, list[Scalar] | Distribution]) -> dict[str, list[Scalar
     return out
 
 
-def sampler(p: TuneParams) -> Any:
+def sampler(p: TuneParams, trials_so_far: int = 0) -> Any:
+    """The study's sampler. Its seed moves on with the trials the study already has: a resumed
+    study then samples new points instead of the first session's again, and the same history
+    still gives the same search."""
     import optuna
 
+    seed = None if p.seed is None else p.seed + trials_so_far
     if p.sampler == "grid":
-        return optuna.samplers.GridSampler(grid(p.space), seed=p.seed)
+        return optuna.samplers.GridSampler(grid(p.space), seed=seed)
     if p.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=p.seed)
-    return optuna.samplers.TPESampler(seed=p.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def pruner(p: TuneParams) -> Any:
@@ -264,6 +269,7 @@ class Objective:
             self.say(f"trial {trial.number}: {shown}: not valid params ({problem}); skipped")
             raise optuna.TrialPruned(problem)
         trial.set_user_attr("experiment", name)
+        trial.set_user_attr("host", f"{socket.gethostname()}:{self.root.resolve()}")  # who ran it
         trial.set_user_attr("values", values)  # as run: floats to four significant digits
         self.say(f"trial {trial.number} ({name}): {shown}")
         run = Trial(self.root, name, values)

@@ -75,6 +75,7 @@ def open_study(params: Params, root: Path) -> Any:
                         "set another tune.study")
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)  # trials of a tune that was killed outright
+    study.sampler = search.sampler(p, len(study.trials))
     one_at_a_time(study)
     return study
 
@@ -108,7 +109,7 @@ class Budget:
             study.stop()
 
 
-def best_line(study: Any, p: Any) -> str:
+def best_line(study: Any, p: Any, root: Path) -> str:
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
         return "no trial has completed yet"
@@ -116,8 +117,12 @@ def best_line(study: Any, p: Any) -> str:
     run = best.user_attrs.get("values", best.params)
     values = " ".join(f"{k}={search.yaml_value(v)}" for k, v in run.items())
     name = best.user_attrs.get("experiment", search.experiment_name(p.study, best.number))
-    return (f"best: trial {best.number} ({name}), {p.objective} {best.value:.4f}: {values}\n"
-            f"tune: apply it with: uv run dvc exp apply {name}")
+    line = f"best: trial {best.number} ({name}), {p.objective} {best.value:.4f}: {values}\n"
+    if name in search.existing_experiments(root, p.study):
+        return line + f"tune: apply it with: uv run dvc exp apply {name}"
+    where = best.user_attrs.get("host", "another machine")
+    return line + (f"tune: it ran on {where}: there `uv run dvc exp push origin {name}`, here "
+                   f"`uv run dvc exp pull origin {name} && uv run dvc exp apply {name}`")
 
 
 def write_report(study: Any, out: Path) -> list[str]:
@@ -181,11 +186,11 @@ def run(args: argparse.Namespace) -> None:
     # Optuna marks heartbeats (which fail the trials of a killed tune) experimental: not ours to act on
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     study = open_study(params, root)
-    for point in points:
-        study.enqueue_trial(point, skip_if_exists=True)
     n_trials = args.trials or p.n_trials
     jobs = args.jobs or p.jobs
     if not args.report:
+        for point in points:
+            study.enqueue_trial(point, skip_if_exists=True)
         done = finished(study)
         if done >= n_trials:
             say(f"study {p.study} already has {done} finished trials (of {n_trials})")
@@ -204,7 +209,7 @@ def run(args: argparse.Namespace) -> None:
                 sys.exit(130)
     written = write_report(study, root / search.REPORT_DIR / p.study)
     say(f"report: {search.REPORT_DIR / p.study} ({', '.join(written)})")
-    say(best_line(study, p))
+    say(best_line(study, p, root))
 
 
 def main(argv: list[str] | None = None) -> None:
