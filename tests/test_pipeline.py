@@ -133,8 +133,10 @@ def test_dvc_repro_end_to_end(project: Path) -> None:
     assert "up to date" in sh(project, "dvc", "status").stdout
     assert stages_run(sh(project, "dvc", "repro").stdout) == set()
 
-    shown = json.dumps(json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout))
-    assert '"perplexity_improvement"' in shown and '"tokens_per_second"' in shown
+    metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)[""]["data"]
+    assert set(metrics) == {"metrics/train.json", "metrics/eval.json"}, "the headline files only"
+    shown = json.dumps(metrics)
+    assert '"improvement"' in shown and '"tokens_per_second"' in shown and '"steps"' not in shown
 
 
 def test_training_twice_with_the_same_seed_gives_identical_metrics(project: Path) -> None:
@@ -164,9 +166,11 @@ def test_a_params_combination_that_already_ran_comes_from_the_run_cache(project:
 TUNE = {"study": "s", "n_trials": 3, "sampler": "random", "seed": 0, "pruner_startup_trials": 1,
         "space": {"train.method": ["full", "lora"],
                   "train.learning_rate": {"low": 1.0e-7, "high": 1.0e-2, "log": True},
-                  "train.max_steps": {"low": 6, "high": 206, "step": 200},
+                  "train.max_steps": [6, 8, 206],
                   "train.weight_decay": {"low": 0.0, "high": 0.1}}}
 GOOD = ["train.method=lora", "train.max_steps=6", "train.weight_decay=0.05"]
+RAN = ["train.method=full", "train.max_steps=8", "train.weight_decay=0.0"]  # with 2.0e-3: the
+# run-cache test trained it
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 180) -> None:
@@ -183,32 +187,33 @@ def test_tune_searches_prunes_resumes_in_parallel_and_applies_the_best(project: 
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "params.yaml").write_text(yaml.safe_dump({**params, "tune": TUNE}, sort_keys=False))
     sh(project, "git", "commit", "-qam", "a search space")
-    first = sh(project, "tune", "--trials", "1", "--enqueue", *GOOD, "train.learning_rate=2.0e-3")
-    assert "trial 0 (s-t0): train.method=lora train.learning_rate=0.002" in first.stdout
-
-    # An obviously bad trial (a learning rate that learns nothing) is pruned; the next one is
-    # interrupted with Ctrl-C while it trains.
+    # A good trial; an obviously bad one (a learning rate that learns nothing), pruned; then a
+    # sampled one, interrupted with Ctrl-C while it trains.
     interrupted = project.parent / "interrupted.log"
     with open(interrupted, "w") as log:
-        proc = subprocess.Popen([str(BIN / "tune"), "--enqueue", "train.learning_rate=1.0e-7",
-                                 "train.max_steps=206"], cwd=project, stdout=log,
+        proc = subprocess.Popen([str(BIN / "tune"), "--enqueue", *GOOD, "train.learning_rate=2.0e-3",
+                                 "--enqueue", "train.learning_rate=1.0e-7", "train.max_steps=206"],
+                                cwd=project, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, **GIT_ENV})
         wait_for(project / "tune" / "logs" / "s-t2.progress.jsonl", proc)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(120) == 130
     out = interrupted.read_text()
+    assert "trial 0 (s-t0): train.method=lora train.learning_rate=0.002" in out, out
     assert re.search(r"trial 1 \(s-t1\): pruned at step \d+", out), out
     assert "stopped: the running trial is marked failed; 2 of 3 trials are finished" in out, out
     assert not list((project / ".dvc" / "tmp" / "exps" / "standalone").glob("tmp*"))
     assert sh(project, "git", "status", "--porcelain").stdout == ""
 
-    resumed = sh(project, "tune", "--trials", "4", "--jobs", "2", "--enqueue", *GOOD,
-                 "train.learning_rate=8.0e-3").stdout
+    # Two at once: a new point, and one DVC's run cache restores instead of training again.
+    resumed = sh(project, "tune", "--trials", "4", "--jobs", "2", "--enqueue", "train.method=full",
+                 "train.max_steps=6", "train.weight_decay=0.05", "train.learning_rate=8.0e-3",
+                 "--enqueue", *RAN, "train.learning_rate=2.0e-3").stdout
     assert "study s: 2 of 4 trials finished; running 2 more, 2 at a time" in resumed
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{project}/tune/s.db")
     states = [t.state.name for t in study.trials]
-    assert states[:4] == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE"], states
-    assert len(states) == 5 and states[4] in ("COMPLETE", "PRUNED"), states
+    assert states == ["COMPLETE", "PRUNED", "FAIL", "COMPLETE", "COMPLETE"], states
+    assert "Stage 'train' is cached - skipping run" in (project / "tune" / "logs" / "s-t4.log").read_text()
     starts = sorted(t.datetime_start for t in study.trials[3:])
     assert starts[1] < min(t.datetime_complete for t in study.trials[3:]), "ran side by side"
     experiments = set(sh(project, "git", "for-each-ref", "--format=%(refname:lstrip=-1)",
