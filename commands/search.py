@@ -206,8 +206,9 @@ class Trial:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a trial's `dvc exp run` as Ctrl-C would: DVC removes its temporary copy, nothing of
-    the run reaches the workspace, the cache or the run cache."""
+    """Stop a trial's `dvc exp run` as Ctrl-C would: DVC removes its temporary copy, and nothing
+    of the run reaches the workspace or the experiments (a stage that had already finished is in
+    the run cache, as every finished stage is)."""
     for sig, wait in ((signal.SIGINT, 60), (signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         if proc.poll() is not None:
             return
@@ -240,7 +241,10 @@ def committed(root: Path, ref: str, path: Path) -> str:
 def val_losses(root: Path, ref: str) -> list[tuple[int, float]]:
     """The experiment's validation losses by step, from its DVCLive log (also there when train
     came from the run cache and reported nothing as it went)."""
-    lines = committed(root, ref, PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv")
+    try:
+        lines = committed(root, ref, PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv")
+    except subprocess.CalledProcessError:  # no evaluation was logged
+        return []
     rows = [line.split("\t") for line in lines.splitlines()[1:] if line]
     return [(int(step), float(loss)) for step, loss, *_ in rows]
 
