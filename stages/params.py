@@ -361,6 +361,11 @@ class Paths:
     checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train
     reports: Path = Path("reports")
 
+    @property
+    def human_eval(self) -> Path:
+        """The blind A/B ratings `uv run rate` writes (git-tracked: a person's judgement)."""
+        return self.metrics / "human_eval.json"
+
     def details_file(self, name: str) -> Path:
         """The whole summary of train or evaluate (metrics/<name>.json has the headline)."""
         return self.metrics / f"{name}_details.json"

@@ -13,6 +13,7 @@ import pandas as pd
 
 from stages.io import atomic_output, read_json, stage_main
 from stages.params import PATHS, Params, Paths, UserError
+from stages.ratings import NO_RATINGS, current
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", rows) | ("img", path) | ("pre", text)
 
@@ -75,7 +76,7 @@ def model_table(ev: dict[str, Any]) -> list[list[str]]:
 
 
 def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]],
-           plot: str) -> list[Block]:
+           plot: str, human: dict[str, Any] = NO_RATINGS) -> list[Block]:
     """The report's content, independent of the output format."""
     ev, tr = metrics["eval"], metrics["train"]
     improvement = ev.get("perplexity_improvement")
@@ -99,8 +100,31 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
                 ("table", [["prompt", "base", "fine-tuned"],
                            *[[s["prompt"], s["base"] or "(empty)", s["finetuned"] or "(empty)"]
                              for s in samples]])]
+    out += rating_blocks(human, samples)
     out += [("h2", "Parameters of this run"), ("table", [["key", "value"], *param_rows(params)])]
     return out
+
+
+def rating_blocks(human: dict[str, Any], samples: list[dict[str, str]]) -> list[Block]:
+    """The blind A/B ratings of `uv run rate`, when they judged these very samples."""
+    if not samples:
+        return []
+    out: list[Block] = [("h2", "Blind A/B rating (uv run rate)")]
+    if not human.get("ratings"):
+        return out + [("p", "Not rated yet: `uv run rate` shows each prompt's two outputs blind, "
+                            "in a random order, and records which one you prefer.")]
+    if not current(human, samples):
+        return out + [("p", "The ratings in metrics/human_eval.json judged other samples (an "
+                            "earlier model), so they are not shown; rate these with `uv run rate`.")]
+    wins, losses, ties = human["finetuned_wins"], human["base_wins"], human["ties"]
+    text = (f"Fine-tuned preferred {wins} times, base {losses}, ties {ties}, skipped "
+            f"{human['skipped']}.")
+    if human["win_rate"] is not None:
+        lo, hi = human["win_rate_ci95"]
+        text += (f" Win rate of the fine-tuned model {human['win_rate']:.0%} (95 % interval "
+                 f"{lo:.0%}–{hi:.0%}).")
+    return out + [("p", text), ("table", [["prompt", "preferred"], *[
+        [r["prompt"], r["preferred"] or "skipped"] for r in human["ratings"]]])]
 
 
 def param_rows(params: Params) -> list[list[str]]:
@@ -178,11 +202,12 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     metrics = read_metrics(paths)
     samples_path = paths.metrics / "samples.json"
     samples = read_json(samples_path) if samples_path.exists() else []
+    human = read_json(paths.human_eval) if paths.human_eval.exists() else NO_RATINGS
     curves = loss_curves(paths.train_log)
     # Three files, not the folder: reports/ also holds what `uv run tune` writes (reports/tune).
     with atomic_output(paths.reports / PLOT) as tmp:
         plot_losses(curves, tmp)
-    content = blocks(params, metrics, samples, PLOT)
+    content = blocks(params, metrics, samples, PLOT, human)
     with atomic_output(paths.reports / "report.md") as tmp:
         tmp.write_text(to_markdown(content), encoding="utf-8")
     with atomic_output(paths.reports / "report.html") as tmp:  # last: it embeds the plot

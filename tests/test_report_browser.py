@@ -4,6 +4,7 @@ Skipped where Chromium is not installed (.ci/run installs Debian's `chromium`)."
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 from PIL import Image
 
 from stages import evaluate, report
-from stages.io import write_summary
+from stages.io import write_json, write_summary
 from stages.params import Params, Paths
+from stages.ratings import summarise
 from tests.conftest import ROOT
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
@@ -42,6 +44,9 @@ def console_errors(log: str) -> list[str]:
 def rendered(trained: tuple[Params, Paths]) -> Path:
     params, paths = trained
     write_summary("eval", evaluate.run(params, paths), paths)
+    samples = json.loads((paths.metrics / "samples.json").read_text())
+    ratings = [{"prompt": samples[0]["prompt"], "a": "base", "choice": "B", "preferred": "finetuned"}]
+    write_json(summarise(samples, ratings), paths.human_eval)  # as `uv run rate` writes it
     report.run(params, paths)
     return paths.reports / "report.html"
 
@@ -55,6 +60,7 @@ def test_report_loads_in_chromium_and_shows_the_table_and_the_plot(rendered: Pat
     assert "<td>base</td>" in table.group(1) and "<td>finetuned</td>" in table.group(1)
     assert re.search(r'<img alt="loss curves" src="data:image/png;base64,', html)
     assert "Parameters of this run" in html and "Sample generations" in html
+    assert "Blind A/B rating" in html and "Fine-tuned preferred 1 times" in html
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "report.png"

@@ -1,0 +1,97 @@
+"""`uv run rate`: judge the base and fine-tuned samples blind, as A and B in a random order.
+
+    uv run rate                      # one prompt after another: a, b, = (tie) or s (skip)
+    printf 'a\\nb\\n=\\ns\\n' | uv run rate   # piped answers work too
+
+For each prompt of metrics/samples.json it shows the two outputs as A and B (which is which is
+drawn at random and not shown) and reads one answer. The choices, unblinded, go to
+metrics/human_eval.json with the fine-tuned model's win rate and its 95 % interval; `dvc repro`
+then puts them in the report, as long as they judged the current samples."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from stages.io import read_json, write_json
+from stages.params import PATHS, UserError
+from stages.ratings import CHOICES, summarise, unblind
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rate", description="Rate the base and fine-tuned "
+                                     "samples blind (A/B in a random order).")
+    parser.add_argument("--samples", type=Path, default=PATHS.metrics / "samples.json")
+    parser.add_argument("--out", type=Path, default=PATHS.human_eval)
+    return parser.parse_args(argv)
+
+
+def ask(prompt_no: int, total: int, sample: dict[str, str], a_is: str, read: TextIO,
+        write: TextIO) -> str | None:
+    """Show one prompt blind and read an answer; None at the end of the input."""
+    b_is = "base" if a_is == "finetuned" else "finetuned"
+    write.write(f"\n[{prompt_no}/{total}] {sample['prompt']}\n\n"
+                f"A: {sample[a_is] or '(empty)'}\n\nB: {sample[b_is] or '(empty)'}\n")
+    while True:
+        write.write("better? a, b, = (tie), s (skip): ")
+        write.flush()
+        line = read.readline()
+        if not line:
+            return None
+        answer = line.strip().lower()
+        if answer in CHOICES:
+            return answer
+        write.write(f"  '{answer}' is not one of a, b, =, s\n")
+
+
+def rate(samples: list[dict[str, str]], read: TextIO, write: TextIO,
+         rng: random.Random) -> list[dict[str, Any]]:
+    ratings = []
+    for i, sample in enumerate(samples, 1):
+        a_is = rng.choice(["base", "finetuned"])
+        choice = ask(i, len(samples), sample, a_is, read, write)
+        if choice is None:  # the input ended: the prompts left are not rated
+            break
+        ratings.append({"prompt": sample["prompt"], "a": a_is, "choice": CHOICES[choice],
+                        "preferred": unblind(choice, a_is)})
+    return ratings
+
+
+def run(args: argparse.Namespace, read: TextIO = sys.stdin, write: TextIO = sys.stdout) -> dict:
+    if not args.samples.exists():
+        raise UserError(f"{args.samples}: missing; run the pipeline first (uv run dvc repro)")
+    samples = read_json(args.samples)
+    if not samples:
+        raise UserError(f"{args.samples}: no samples to rate (evaluate.prompts is empty)")
+    ratings = rate(samples, read, write, random.SystemRandom())
+    if not ratings:
+        raise UserError("no prompt was rated; nothing written")
+    result = summarise(samples, ratings)
+    write_json(result, args.out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except UserError as e:
+        print(f"rate: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\nrate: stopped; nothing written", file=sys.stderr)
+        sys.exit(130)
+    rated = len(result["ratings"]) - result["skipped"]
+    line = (f"\nrate: fine-tuned preferred {result['finetuned_wins']}, base {result['base_wins']}, "
+            f"ties {result['ties']}, skipped {result['skipped']} ({rated} rated)")
+    if result["win_rate"] is not None:
+        lo, hi = result["win_rate_ci95"]
+        line += f"; win rate {result['win_rate']:.0%} (95 % interval {lo:.0%}–{hi:.0%})"
+    print(line + f"; written to {args.out}; `uv run dvc repro` puts it in the report")
+
+
+if __name__ == "__main__":
+    main()
