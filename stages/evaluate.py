@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 
 from stages import conversations
 from stages.io import read_parquet, stage_main, write_json
-from stages.models import collator, load_model, load_tokenizer, model_inputs, pick_device
+from stages.models import (
+    SAMPLING,
+    collator,
+    load_model,
+    load_tokenizer,
+    model_inputs,
+    pick_device,
+)
 from stages.params import PATHS, EvaluateParams, Params, Paths
 from stages.prompts import Renderer, RenderError, render_prompts, reply_prompt, stop_token_ids
 
@@ -54,8 +61,10 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, device: str,
-             label: str, stop: list[int] | None = None) -> list[str]:
-    """Greedy continuations of each prompt with fixed decoding settings, batched, left-padded."""
+             label: str, stop: list[int] | None = None, sampled: bool = False) -> list[str]:
+    """Continuations of each prompt, batched, left-padded: greedy (with
+    evaluate.repetition_penalty), or `sampled` with the settings `generate` and the exported
+    model use by default (stages.models.SAMPLING; the caller seeds it)."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -65,14 +74,27 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, 
         batch = tokenizer(prompts[start: start + p.batch_size], return_tensors="pt",
                           padding=True, add_special_tokens=False).to(device)
         with torch.inference_mode():
-            ids = model.generate(**batch, do_sample=False, temperature=None, top_p=None,
-                                 max_new_tokens=p.max_new_tokens,
-                                 repetition_penalty=p.repetition_penalty,
+            decoding = (SAMPLING if sampled else
+                        {"do_sample": False, "temperature": None, "top_p": None,
+                         "repetition_penalty": p.repetition_penalty})
+            ids = model.generate(**batch, **decoding, max_new_tokens=p.max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id,
                                  **({"eos_token_id": stop} if stop else {}))
         new = ids[:, batch["input_ids"].shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
+
+
+def repetition(texts: list[str], n: int = 3) -> float | None:
+    """The share of word n-grams that repeat one seen earlier in the same text, over all texts:
+    0 for varied text, near 1 for a model stuck in a loop (which perplexity does not show)."""
+    repeated = total = 0
+    for text in texts:
+        words = text.split()
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        repeated += len(grams) - len(set(grams))
+        total += len(grams)
+    return round(repeated / total, 4) if total else None
 
 
 def answer_scores(answers: list[str], references: list[str]) -> dict[str, float]:
@@ -124,8 +146,9 @@ class Asked:
 
 
 def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
-                tests: Any) -> tuple[dict[str, Any], list[str]]:
-    """Loss/perplexity (and answer scores) of one model, plus its sample generations."""
+                tests: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Loss/perplexity (and answer scores) of one model, plus its sample generations (greedy and
+    sampled) and how repetitive they are."""
     from transformers import set_seed
 
     set_seed(params.seed)
@@ -139,8 +162,14 @@ def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
     if asked.prompts:
         answers = generate(model, tokenizer, asked.prompts, p, device, f"{name} answers", asked.stop)
         scores |= answer_scores(answers, asked.references)
-    samples = (generate(model, tokenizer, asked.samples, p, device, name, asked.stop)
-               if asked.samples else [])
+    samples: dict[str, list[str]] = {"greedy": [], "sampled": []}
+    if asked.samples:
+        samples["greedy"] = generate(model, tokenizer, asked.samples, p, device, name, asked.stop)
+        set_seed(params.seed)  # the same sampled text on every run
+        samples["sampled"] = generate(model, tokenizer, asked.samples, p, device, f"{name} sampled",
+                                      asked.stop, sampled=True)
+        scores |= {"repetition": repetition(samples["greedy"]),
+                   "repetition_sampled": repetition(samples["sampled"])}
     return scores, samples
 
 
@@ -160,9 +189,10 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         tests = read_parquet(paths.split_file("test")).head(params.evaluate.max_generation_examples)
     base, base_samples = score_model("base", params, paths, device, test, tests)
     tuned, tuned_samples = score_model("finetuned", params, paths, device, test, tests)
-    write_json([{"prompt": q, "base": b, "finetuned": f}
-                for q, b, f in zip(params.evaluate.prompts, base_samples, tuned_samples,
-                                   strict=True)],
+    write_json([{"prompt": q, "base": b, "finetuned": f, "base_sampled": bs, "finetuned_sampled": fs}
+                for q, b, f, bs, fs in zip(params.evaluate.prompts, base_samples["greedy"],
+                                           tuned_samples["greedy"], base_samples["sampled"],
+                                           tuned_samples["sampled"], strict=True)],
                paths.metrics / "samples.json")
     tokens = base.pop("tokens")
     assert tokens == tuned.pop("tokens"), "both models must be scored on the same tokens"

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from stages.io import atomic_output, read_json, stage_main
+from stages.models import SAMPLING
 from stages.params import PATHS, Params, Paths, UserError
 from stages.ratings import NO_RATINGS, current
 
@@ -96,12 +97,32 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
             out += [("h3", stage), ("table", [["", "value"], *[[k, _fmt(v)]
                                                                for k, v in metrics[stage].items()]])]
     if samples:
-        out += [("h2", "Sample generations (greedy, side by side)"),
-                ("table", [["prompt", "base", "fine-tuned"],
-                           *[[s["prompt"], s["base"] or "(empty)", s["finetuned"] or "(empty)"]
-                             for s in samples]])]
+        out += sample_blocks(samples, ev, params.seed)
     out += rating_blocks(human, samples)
     out += [("h2", "Parameters of this run"), ("table", [["key", "value"], *param_rows(params)])]
+    return out
+
+
+def sample_blocks(samples: list[dict[str, str]], ev: dict[str, Any], seed: int) -> list[Block]:
+    """The samples side by side: greedy, and sampled as `generate` samples by default; and how
+    repetitive each model's samples are."""
+    def table(suffix: str) -> Block:
+        return ("table", [["prompt", "base", "fine-tuned"], *[
+            [s["prompt"], s.get(f"base{suffix}") or "(empty)", s.get(f"finetuned{suffix}") or "(empty)"]
+            for s in samples]])
+
+    out: list[Block] = [("h2", "Sample generations (greedy, side by side)"), table("")]
+    if "base_sampled" in samples[0]:
+        settings = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in SAMPLING.items() if k != "do_sample")
+        out += [("h2", "Sample generations as `generate` samples them"),
+                ("p", f"Sampled with {settings} and seed {seed}: what a user of the model gets."),
+                table("_sampled")]
+    if "repetition" in ev["base"]:
+        rep = {name: f"{_fmt(ev[name]['repetition'])} greedy, {_fmt(ev[name]['repetition_sampled'])} "
+                     "sampled" for name in ("base", "finetuned")}
+        out.append(("p", f"Repeated word 3-grams in these samples (0: none, near 1: a model stuck "
+                         f"in a loop, which perplexity does not show): base {rep['base']}; "
+                         f"fine-tuned {rep['finetuned']}."))
     return out
 
 

@@ -46,6 +46,14 @@ def test_answer_scores() -> None:
     assert other["rougeL"] == 0.0 and other["bleu"] < 5
 
 
+def test_repetition_flags_a_model_stuck_in_a_loop() -> None:
+    assert evaluate.repetition(["the mill turned slowly in the brown water"]) == 0.0
+    looping = evaluate.repetition(["the wheel and the wheel and the wheel and the wheel and"])
+    assert looping is not None and looping > 0.6
+    assert evaluate.repetition(["too short"]) is None
+    assert evaluate.repetition(["a b c a b c", "x y z"]) == round(1 / 5, 4)
+
+
 def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     params, paths = trained
     summary = evaluate.run(params, paths)
@@ -53,11 +61,19 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
     samples = json.loads((paths.metrics / "samples.json").read_text())
     assert [s["prompt"] for s in samples] == ["The miller"]
+    assert set(samples[0]) == {"prompt", "base", "finetuned", "base_sampled", "finetuned_sampled"}
+    for name in ("base", "finetuned"):  # five new tokens: maybe too few words for a 3-gram
+        for key in ("repetition", "repetition_sampled"):
+            assert summary[name][key] is None or 0 <= summary[name][key] <= 1, (name, key)
+    assert evaluate.run(params, paths)["finetuned"] == summary["finetuned"], "seeded: the same again"
+    assert json.loads((paths.metrics / "samples.json").read_text()) == samples
     write_summary("eval", summary, paths)
     write_summary("train", train.run(params, paths), paths)
     report.run(params, paths)
     md = (paths.reports / "report.md").read_text()
     assert "| finetuned |" in md and "![loss curves](loss.png)" in md and "The miller" in md
+    assert "as `generate` samples them" in md and "temperature 0.8, top p 0.95" in md
+    assert "Repeated word 3-grams" in md
     page = (paths.reports / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     assert (paths.reports / "loss.png").read_bytes()[:4] == b"\x89PNG"
