@@ -170,7 +170,8 @@ def to_markdown(content: list[Block]) -> str:
         elif kind == "img":
             lines += [f"![loss curves]({value})", ""]
         elif kind == "table":
-            cells = [[c.replace("|", "\\|") for c in row] for row in value]
+            # a cell stays on its row: pipes escaped, line breaks as <br> (GitHub's tables)
+            cells = [[c.replace("|", "\\|").replace("\n", "<br>") for c in row] for row in value]
             lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
             lines += ["| " + " | ".join(row) + " |" for row in cells[1:]] + [""]
     return "\n".join(lines)

@@ -84,5 +84,10 @@ def test_the_report_shows_only_ratings_of_the_current_samples(fresh: bool) -> No
     assert "Not rated yet" in report.to_markdown(report.rating_blocks(NO_RATINGS, SAMPLES))
 
 
+def test_a_multi_line_sample_stays_in_its_markdown_row() -> None:
+    md = report.to_markdown([("table", [["prompt", "base"], ["Once | upon", "line one\n\nline two"]])])
+    assert md.splitlines()[2] == "| Once \\| upon | line one<br><br>line two |"
+
+
 def test_the_project_ships_no_ratings() -> None:
     assert json.loads((ROOT / "metrics" / "human_eval.json").read_text()) == NO_RATINGS
