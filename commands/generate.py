@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from commands.cli import run_command
 from stages.models import SAMPLING, load_model, load_tokenizer, pick_device
 from stages.params import PATHS, Params, UserError, load
 from stages.prompts import Renderer, RenderError, render_prompts, stop_token_ids
@@ -180,13 +181,7 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (UserError, RenderError) as e:
-        print(f"generate: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_command("generate", lambda: run(args), errors=(UserError, RenderError))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from commands.cli import run_command
 from stages.io import read_json, write_json
 from stages.params import PATHS, UserError
 from stages.ratings import CHOICES, summarise, unblind
@@ -76,14 +77,7 @@ def run(args: argparse.Namespace, read: TextIO = sys.stdin, write: TextIO = sys.
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except UserError as e:
-        print(f"rate: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\nrate: stopped; nothing written", file=sys.stderr)
-        sys.exit(130)
+    result = run_command("rate", lambda: run(args), interrupted="\nrate: stopped; nothing written")
     rated = len(result["ratings"]) - result["skipped"]
     line = (f"\nrate: fine-tuned preferred {result['finetuned_wins']}, base {result['base_wins']}, "
             f"ties {result['ties']}, skipped {result['skipped']} ({rated} rated)")

@@ -36,6 +36,10 @@ STOP = threading.Event()  # set on Ctrl-C / SIGTERM: every running trial stops a
 class TrialFailed(Exception):
     """A trial's `dvc exp run` failed: the study keeps it as failed."""
 
+    def __str__(self) -> str:
+        return ("a trial failed (the study keeps it as failed; `uv run tune` goes on with a new "
+                f"one): {super().__str__()}")
+
 
 def storage_url(p: TuneParams, root: Path) -> str:
     if p.storage:
@@ -222,11 +226,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def experiment_ref(root: Path, name: str) -> str:
-    """The git ref of the experiment `name` (the newest one of that name)."""
-    refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
+def experiment_refs(root: Path) -> dict[str, str]:
+    """Every DVC experiment of the repository by name, with its git ref (the newest of a name)."""
+    refs = subprocess.run(["git", "for-each-ref", "--sort=committerdate", "--format=%(refname)",
                            "refs/exps"], cwd=root, capture_output=True, text=True, check=True)
-    ref = next((r for r in refs.stdout.split() if r.rsplit("/", 1)[-1] == name), None)
+    return {ref.rsplit("/", 1)[-1]: ref for ref in refs.stdout.split()}  # newest last: it wins
+
+
+def experiment_ref(root: Path, name: str) -> str:
+    ref = experiment_refs(root).get(name)
     if ref is None:
         raise TrialFailed(f"experiment {name} finished but DVC recorded no experiment ref")
     return ref
@@ -250,9 +258,7 @@ def val_losses(root: Path, ref: str) -> list[tuple[int, float]]:
 
 
 def existing_experiments(root: Path, study: str) -> list[str]:
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps"],
-                          cwd=root, capture_output=True, text=True, check=True).stdout.split()
-    return sorted(r for r in refs if r.startswith(f"{study}-t"))
+    return sorted(name for name in experiment_refs(root) if name.startswith(f"{study}-t"))
 
 
 class Objective:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from commands.cli import run_command
 from stages.models import local_model_dir, pick_device
 from stages.params import PATHS, UserError
 
@@ -211,13 +212,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"serve: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_command("serve", lambda: run(args))
 
 
 if __name__ == "__main__":

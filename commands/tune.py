@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from commands import search
+from commands.cli import run_command
 from stages.params import Params, UserError, load
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -214,15 +215,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"tune: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except search.TrialFailed as e:
-        print(f"tune: error: a trial failed (the study keeps it as failed; `uv run tune` goes on "
-              f"with a new one): {e}", file=sys.stderr)
-        sys.exit(1)
+    run_command("tune", lambda: run(args), errors=(UserError, search.TrialFailed))
 
 
 if __name__ == "__main__":
