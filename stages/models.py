@@ -84,7 +84,7 @@ def collator(tokenizer: Any, packed: bool = False, flatten: bool = False) -> Any
 
 
 def collate_packed(rows: list[dict[str, Any]], flatten: bool = False) -> dict[str, Any]:
-    """Packed rows (stages.tokenize.pack_examples) stacked, with an attention_mask that marks
+    """Packed rows (stages.packing.pack_examples) stacked, with an attention_mask that marks
     the real tokens, for counting them: the padding at the end of a row is the last sequence
     (its position ids restart at 0) when it is all pad tokens without labels. model_inputs
     removes the mask again before the model sees it."""

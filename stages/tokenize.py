@@ -9,10 +9,8 @@ tokens), for train to write into models/finetuned. Params: `mode`, `tokenize`, `
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
-import itertools
 import os
 from collections import Counter
 from pathlib import Path
@@ -34,6 +32,7 @@ from stages.io import (
     write_json,
 )
 from stages.models import context_length, load_tokenizer
+from stages.packing import Packer, pack_examples, token_stream
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
 from stages.prompts import (
     IGNORE,
@@ -45,62 +44,12 @@ from stages.prompts import (
     render_prompts,
 )
 
-CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
-
 
 def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list[int]]:
     """Token ids of each text in one batched call of the fast tokenizer."""
     if not texts:
         return []
     return tokenizer(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
-
-
-def join_with_eos(ids: list[list[int]], eos_id: int) -> np.ndarray:
-    """The documents' ids in one int32 array, each document followed by EOS."""
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    stream = np.full(int(lengths.sum()), eos_id, dtype=np.int32)
-    mask = np.ones(len(stream), dtype=bool)
-    mask[np.cumsum(lengths) - 1] = False  # the EOS positions
-    stream[mask] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32,
-                               count=int(mask.sum()))
-    return stream
-
-
-def token_stream(texts: pa.ChunkedArray, tokenizer: Any) -> np.ndarray:
-    """All documents tokenized in chunks by the Rust tokenizer (offsets skipped: only ids are
-    kept) and joined with EOS, without ever holding the whole corpus as Python lists."""
-    backend = tokenizer.backend_tokenizer
-    parts = [join_with_eos([e.ids for e in backend.encode_batch_fast(
-        texts.slice(start, CHUNK).to_pylist(), add_special_tokens=False)],
-        tokenizer.eos_token_id) for start in range(0, len(texts), CHUNK)]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
-
-
-def pack(stream: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
-    """Cut a token stream into full blocks: the (blocks, block_size) array and the number of
-    tokens left over."""
-    n_blocks = len(stream) // block_size
-    return stream[: n_blocks * block_size].reshape(n_blocks, block_size), len(stream) % block_size
-
-
-class Packer:
-    """`pack` over a stream that arrives in pieces: the tokens left over from one piece start
-    the next, so the blocks are those of the whole stream at once."""
-
-    def __init__(self, block_size: int) -> None:
-        self.block_size, self.tokens, self.blocks = block_size, 0, 0
-        self.carry = np.empty(0, dtype=np.int32)
-
-    def add(self, stream: np.ndarray) -> np.ndarray:
-        self.tokens += len(stream)
-        stream = np.concatenate([self.carry, stream])
-        blocks, remainder = pack(stream, self.block_size)
-        self.carry = stream[len(stream) - remainder:]
-        self.blocks += len(blocks)
-        return blocks
-
-    def stats(self) -> dict[str, int]:
-        return {"tokens": self.tokens, "blocks": self.blocks, "remainder_tokens": len(self.carry)}
 
 
 def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
@@ -147,48 +96,6 @@ def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_er
             inputs.append(encoded.input_ids)
             labels.append(encoded.labels)
     return inputs, labels, dict(counts)
-
-
-def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Indices of the examples in each bin of `capacity` tokens, by best-fit decreasing: each
-    example, longest first, goes to the bin it fills best. Deterministic; bins in order of
-    creation, examples in a bin in input order."""
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (room left, bin), sorted
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        at = bisect.bisect_left(free, (lengths[i], -1))
-        if at == len(free):
-            bins.append([i])
-            room, b = capacity - lengths[i], len(bins) - 1
-        else:
-            room, b = free.pop(at)
-            bins[b].append(i)
-            room -= lengths[i]
-        if room:
-            bisect.insort(free, (room, b))
-    return [sorted(b) for b in bins]
-
-
-def pack_examples(examples: list[Encoded], block_size: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Examples packed into rows of block_size tokens (best_fit): input_ids, labels and
-    position_ids that restart at 0 for each example, which is how transformers tells the packed
-    sequences apart (no attention across them, with SDPA, eager and FlashAttention alike). The
-    first token of each example has no label, so nothing is learned across a boundary; the rest
-    of a row is padding, a sequence of its own that has no labels."""
-    bins = best_fit([len(e.input_ids) for e in examples], block_size)
-    ids = np.full((len(bins), block_size), pad_id, dtype=np.int32)
-    labels = np.full((len(bins), block_size), IGNORE, dtype=np.int32)
-    positions = np.zeros((len(bins), block_size), dtype=np.int32)
-    for row, members in enumerate(bins):
-        at = 0
-        for i in members:
-            n = len(examples[i].input_ids)
-            ids[row, at:at + n] = examples[i].input_ids
-            labels[row, at + 1:at + n] = examples[i].labels[1:]
-            positions[row, at:at + n] = np.arange(n)
-            at += n
-        positions[row, at:] = np.arange(block_size - at)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def content_fingerprint(table: pa.Table) -> str:

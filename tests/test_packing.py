@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import tokenize
+from stages import packing, tokenize
 from stages.models import collate_packed, model_inputs
 from stages.params import PATHS
 from stages.prompts import IGNORE, Encoded
@@ -18,22 +18,22 @@ from tests.conftest import run_data_stages, tiny_params
 
 
 def test_best_fit_decreasing_fills_the_tightest_bin() -> None:
-    assert tokenize.best_fit([5, 3, 4, 2, 6], capacity=8) == [[3, 4], [0, 1], [2]]
-    assert tokenize.best_fit([8, 8], capacity=8) == [[0], [1]]
-    assert tokenize.best_fit([], capacity=8) == []
+    assert packing.best_fit([5, 3, 4, 2, 6], capacity=8) == [[3, 4], [0, 1], [2]]
+    assert packing.best_fit([8, 8], capacity=8) == [[0], [1]]
+    assert packing.best_fit([], capacity=8) == []
 
 
 def test_packed_rows_restart_positions_and_label_nothing_across_a_boundary() -> None:
     examples = [Encoded([11, 12, 13], [IGNORE, 12, 13]), Encoded([21, 22], [21, 22]),
                 Encoded([31, 32, 33, 34, 35], [IGNORE, IGNORE, 33, 34, 35])]
-    rows = tokenize.pack_examples(examples, block_size=6, pad_id=0)
+    rows = packing.pack_examples(examples, block_size=6, pad_id=0)
     assert rows["input_ids"].tolist() == [[31, 32, 33, 34, 35, 0], [11, 12, 13, 21, 22, 0]]
     assert rows["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0], [0, 1, 2, 0, 1, 0]]
     assert rows["labels"].tolist() == [[IGNORE, IGNORE, 33, 34, 35, IGNORE],
                                        [IGNORE, 12, 13, IGNORE, 22, IGNORE]]
     batch = collate_packed([{k: v[i].tolist() for k, v in rows.items()} for i in range(2)])
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]]
-    full = tokenize.pack_examples([Encoded([1, 2, 3], [1, 2, 3])], block_size=3, pad_id=0)
+    full = packing.pack_examples([Encoded([1, 2, 3], [1, 2, 3])], block_size=3, pad_id=0)
     one = collate_packed([{k: v[0].tolist() for k, v in full.items()}])
     assert one["attention_mask"].tolist() == [[1, 1, 1]]  # no padding: every token is real
     assert "attention_mask" not in model_inputs(batch) and model_inputs(batch)["use_cache"] is False
@@ -81,13 +81,13 @@ def test_per_example_losses_are_the_same_packed_and_unpacked(build: Any, attenti
         losses = token_losses(model, {"input_ids": torch.tensor([e.input_ids]),
                                       "labels": torch.tensor([e.labels])})[0]
         alone.append(losses.sum().item())
-    rows = tokenize.pack_examples(examples, block_size=64, pad_id=0)
+    rows = packing.pack_examples(examples, block_size=64, pad_id=0)
     assert len(rows["input_ids"]) < len(examples)  # several examples did share a row
     batch = collate_packed([{k: v[i].tolist() for k, v in rows.items()}
                             for i in range(len(rows["input_ids"]))])
     losses = token_losses(model, batch)
     packed = [0.0] * len(examples)
-    bins = tokenize.best_fit([len(e.input_ids) for e in examples], 64)
+    bins = packing.best_fit([len(e.input_ids) for e in examples], 64)
     for row, members in enumerate(bins):
         at = 0
         for i in members:
@@ -127,7 +127,7 @@ def test_flattened_batches_give_the_same_losses() -> None:
     train stage gives it must keep every example on its own (checked here with SDPA)."""
     model = tiny_llama()
     examples = [Encoded(list(range(1, n + 1)), [IGNORE] + list(range(2, n + 1))) for n in (9, 20, 30, 14)]
-    rows = tokenize.pack_examples(examples, block_size=32, pad_id=0)
+    rows = packing.pack_examples(examples, block_size=32, pad_id=0)
     items = [{k: v[i].tolist() for k, v in rows.items()} for i in range(len(rows["input_ids"]))]
     stacked, flat = collate_packed(items), collate_packed(items, flatten=True)
     assert flat["input_ids"].shape == (1, stacked["input_ids"].numel())

@@ -125,3 +125,28 @@ def test_stage_cli_reports_bad_params_in_one_line_and_writes_nothing(tmp_path: P
                                      "(did you mean ingest.on_error?)")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_each_stage_depends_on_every_stages_module_it_imports() -> None:
+    """A stage reruns when any module it runs changes: dvc.yaml lists each one it imports,
+    directly or through another shared module."""
+    import ast
+
+    def imported(name: str, seen: set[str]) -> set[str]:
+        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            found = ([a.name for a in node.names] if isinstance(node, ast.ImportFrom) and
+                     node.module == "stages" else
+                     [node.module.split(".", 1)[1]] if isinstance(node, ast.ImportFrom) and
+                     (node.module or "").startswith("stages.") else [])
+            for module in found:
+                if module not in seen and (ROOT / "stages" / f"{module}.py").exists():
+                    seen.add(module)
+                    imported(module, seen)
+        return seen
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, spec in stages.items():
+        module = spec["cmd"].split("stages.", 1)[1]
+        needed = {f"stages/{m}.py" for m in imported(module, {module})}
+        assert needed <= set(spec["deps"]), (stage, sorted(needed - set(spec["deps"])))

@@ -9,16 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages import tokenize
+from stages import packing, tokenize
 from stages.models import load_tokenizer
 from stages.params import PATHS, Params, Paths, TokenizeParams, UserError
 from tests.conftest import run_data_stages, tiny_params
 
 
 def test_documents_are_joined_with_eos_and_packed_into_full_blocks() -> None:
-    stream = tokenize.join_with_eos([[1, 2, 3], [], [4, 5], [6]], eos_id=0)
+    stream = packing.join_with_eos([[1, 2, 3], [], [4, 5], [6]], eos_id=0)
     assert stream.tolist() == [1, 2, 3, 0, 0, 4, 5, 0, 6, 0] and stream.dtype == np.int32
-    blocks, remainder = tokenize.pack(stream, block_size=4)
+    blocks, remainder = packing.pack(stream, block_size=4)
     assert blocks.tolist() == [[1, 2, 3, 0], [0, 4, 5, 0]]
     assert remainder == 2
 
@@ -27,7 +27,7 @@ def test_token_stream_matches_tokenizing_each_document(trained: tuple[Params, Pa
     _, paths = trained
     tokenizer = load_tokenizer(paths.base_model)
     docs = ["The miller counted sacks.", "", "Rain fell on the harbour."] * 3000  # > one chunk
-    stream = tokenize.token_stream(pa.chunked_array([docs]), tokenizer)
+    stream = packing.token_stream(pa.chunked_array([docs]), tokenizer)
     expected = [t for d in docs for t in [*tokenizer(d, add_special_tokens=False)["input_ids"],
                                           tokenizer.eos_token_id]]
     assert stream.tolist() == expected
