@@ -100,9 +100,11 @@ def passages(text: str, max_chars: int) -> list[str]:
     return out
 
 
-COLUMNS = {"text": ("doc_id", "passage_id", "source", "title", "text"),
-           "pairs": ("doc_id", "passage_id", "source", "prompt", "response"),
-           "chat": ("doc_id", "passage_id", "source", "position", "conversation")}
+COLUMNS = {"text": ("doc_id", "passage_id", "source", "group", "title", "text"),
+           "pairs": ("doc_id", "passage_id", "source", "group", "prompt", "response"),
+           "chat": ("doc_id", "passage_id", "source", "group", "position", "conversation")}
+
+
 class Seen:
     """Exact-duplicate filter over a whole corpus: it keeps a 16-byte digest per row, not the
     text, so 2 GB of passages cost tens of MB."""
@@ -135,7 +137,8 @@ def text_passages(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]
                 dropped["too_short"] += 1
             else:
                 rows.append({"doc_id": record.doc_id, "passage_id": f"{record.doc_id}-{i:05d}",
-                             "source": record.source, "title": title, "text": passage})
+                             "source": record.source, "group": record.group,
+                             "title": title, "text": passage})
     return rows, dropped
 
 
@@ -154,7 +157,8 @@ def pair_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]]
             dropped["too_long"] += 1
         else:
             rows.append({"doc_id": record.doc_id, "passage_id": record.doc_id,
-                         "source": record.source, "prompt": prompt, "response": response})
+                         "source": record.source, "group": record.group,
+                         "prompt": prompt, "response": response})
     return rows, dropped
 
 
@@ -173,7 +177,8 @@ def chat_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]]
             dropped["too_short"] += 1
         else:
             rows.append({"doc_id": record.doc_id, "passage_id": record.doc_id,
-                         "source": record.source, "position": record.position,
+                         "source": record.source, "group": record.group,
+                         "position": record.position,
                          "conversation": conversations.dumps(conv)})
     return rows, dropped
 

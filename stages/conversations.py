@@ -246,11 +246,18 @@ def turn_order(values: list[Any]) -> list[int]:
     return sorted(range(len(values)), key=lambda i: keys[i])
 
 
+class Turns(list):
+    """The messages of a conversation gathered from a table of turns, and the group its rows name
+    (ingest.group_field: the first turn that has one)."""
+
+    group: str = ""
+
+
 def group_turns(rows: list[tuple[str, dict[str, Any]]], conversation_key: str,
-                turn_key: str | None, role_key: str, content_key: str
+                turn_key: str | None, role_key: str, content_key: str, group_key: str | None = None
                 ) -> Iterator[tuple[str, Any]]:
     """Long-form turn rows grouped into conversations in order of first appearance, each ordered
-    by its turn column (or file order). Yields (position, messages or error) per conversation,
+    by its turn column (or file order). Yields (position, Turns or error) per conversation,
     and (position, error) for a row without a conversation id."""
     groups: dict[str, list[dict[str, Any]]] = {}
     first_row: dict[str, str] = {}
@@ -271,7 +278,11 @@ def group_turns(rows: list[tuple[str, dict[str, Any]]], conversation_key: str,
             except ConversationError as err:
                 yield where, err
                 continue
-        yield where, [{"role": t.get(role_key), "content": t.get(content_key)} for t in turns]
+        out = Turns({"role": t.get(role_key), "content": t.get(content_key)} for t in turns)
+        if group_key:
+            out.group = next((str(t[group_key]).strip() for t in turns
+                              if not _missing(t.get(group_key))), "")
+        yield where, out
 
 
 def dumps(conv: dict[str, Any]) -> str:

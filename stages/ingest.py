@@ -1,7 +1,8 @@
 """Read the files under `ingest.paths` (txt, md, json, jsonl, csv, parquet, html) into
 data/interim/ingested.parquet: one row per document (text mode), per prompt/response pair (pairs
 mode) or per conversation (chat mode: OpenAI messages, ShareGPT, long-form turn tables, pairs as
-one-turn conversations), with a stable doc_id. Params: `mode`, `ingest`."""
+one-turn conversations), with a stable doc_id and the record's group (`ingest.group_field`).
+Params: `mode`, `ingest`."""
 
 from __future__ import annotations
 
@@ -309,6 +310,12 @@ def needed_columns(columns: list[str], mode: str, p: IngestParams) -> list[str]:
         return [p.prompt_field or "input", p.response_field or "output"]
 
 
+def check_group_column(columns: list[str], p: IngestParams) -> None:
+    if p.group_field and p.group_field not in columns:
+        raise BadInput("missing_column", f"no column {p.group_field!r} (it has: "
+                       f"{', '.join(columns)}); set ingest.group_field to the right one, or null")
+
+
 def check_columns(columns: list[str], mode: str, p: IngestParams) -> None:
     for name in needed_columns(columns, mode, p):
         if name not in columns:
@@ -351,7 +358,8 @@ def chat_table_records(records: Iterator[tuple[str, Any]], columns: list[str], p
     if long_form is not None:
         return ((position, BadInput(turns.reason, str(turns))
                  if isinstance(turns, ConversationError) else turns)
-                for position, turns in conversations.group_turns(list(records), *long_form))
+                for position, turns in conversations.group_turns(list(records), *long_form,
+                                                                 group_key=p.group_field))
     try:
         pair_fields(dict.fromkeys(columns), p)
     except BadInput:
@@ -368,6 +376,7 @@ def csv_records(content: str, mode: str, p: IngestParams) -> Iterator[tuple[str,
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise BadInput("invalid_csv", f"invalid CSV: {str(e).strip()}") from None
     columns = [str(c) for c in df.columns]
+    check_group_column(columns, p)
     if mode == "chat":
         return chat_table_records(frame_records(df, "row"), columns, p)
     check_columns(columns, mode, p)
@@ -385,6 +394,7 @@ def parquet_records(data: bytes, mode: str, p: IngestParams) -> Iterator[tuple[s
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise BadInput("invalid_parquet", f"not a readable Parquet file: {e}") from None
+    check_group_column(table.column_names, p)
     if mode == "chat":  # nested messages stay Python lists (to_pandas would make numpy arrays)
         rows = ((f"record {i}", row) for i, row in enumerate(table.to_pylist(), 1))
         return chat_table_records(rows, table.column_names, p)
@@ -497,6 +507,16 @@ def file_records(path: Path, data: bytes, mode: str, p: IngestParams
     return csv_records(content, mode, p)
 
 
+def record_group(record: Any, p: IngestParams) -> str:
+    """The record's group (ingest.group_field): its field, or the group a table of turns gave the
+    conversation; "" without one (a text file, a record that lacks the field)."""
+    if not p.group_field:
+        return ""
+    if isinstance(record, dict):
+        return _field(record, p.group_field).strip()
+    return getattr(record, "group", "")
+
+
 def doc_id(source: str, position: str) -> str:
     """Stable across runs and machines: a hash of where the record came from."""
     return hashlib.sha1(f"{source}#{position}".encode()).hexdigest()[:16]
@@ -533,6 +553,7 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
                 row = pair_row(record, p)
             else:
                 row = text_row(record, p, f"{path.stem} {position}".strip())
+            row["group"] = record_group(record, p)
         except BadInput as err:
             err.where = err.where or position
             problems(source, err)
@@ -541,9 +562,9 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
     return rows, len(data)
 
 
-COLUMNS = {"text": ("doc_id", "source", "title", "text"),
-           "pairs": ("doc_id", "source", "prompt", "response"),
-           "chat": ("doc_id", "source", "position", "conversation")}
+COLUMNS = {"text": ("doc_id", "source", "group", "title", "text"),
+           "pairs": ("doc_id", "source", "group", "prompt", "response"),
+           "chat": ("doc_id", "source", "group", "position", "conversation")}
 
 
 def _read_file(task: tuple[Path, str, IngestParams]) -> tuple[list[dict[str, str]], int, Counter[str]]:
@@ -588,15 +609,24 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     problems = Problems(params.ingest.on_error)
     files, ignored = discover(params.ingest.paths, params.ingest, problems)
     n_bytes = 0
+    groups: Counter[str] = Counter()
     with parquet_sink(paths.ingested, string_schema(COLUMNS[params.mode])) as sink:
         for rows, size in read_files(files, params.mode, params.ingest, problems,
                                      workers(params.num_proc)):
             sink.add(rows)
             n_bytes += size
+            groups.update(row["group"] for row in rows)
         if not sink.rows:
             raise UserError(f"ingest.paths: no usable records in {len(files)} file(s) "
                             f"(skipped: {dict(sorted(problems.skipped.items())) or 'none'})")
-    return {**_summary(files, sink.rows, n_bytes, problems), "ignored_files": ignored}
+        field = params.ingest.group_field
+        if field and not set(groups) - {""}:
+            raise UserError(f"ingest.group_field: no record has a {field!r} field or column "
+                            "(set it to the right name, or null)")
+    summary = {**_summary(files, sink.rows, n_bytes, problems), "ignored_files": ignored}
+    if field:  # records per group; "" counts those without one
+        summary["groups"] = dict(sorted(groups.items()))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,11 @@ HEADLINE: dict[str, dict[str, tuple[str, ...]]] = {
     "eval": {"perplexity": ("finetuned", "perplexity"),   # the fine-tuned model, test split
              "improvement": ("perplexity_improvement",),  # relative to the base model
              "bleu": ("finetuned", "bleu"),               # pairs and chat mode only
-             "rougeL": ("finetuned", "rougeL")},
+             "rougeL": ("finetuned", "rougeL"),
+             # the general-English reference text (evaluate.reference_paths): what it cost
+             "ref_perplexity": ("reference", "finetuned", "perplexity"),
+             "ref_base": ("reference", "base", "perplexity"),
+             "ref_change": ("reference", "change")},              # > 0: worse than the base
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,31 @@ def join_with_eos(ids: list[list[int]], eos_id: int) -> np.ndarray:
     return stream
 
 
-def token_stream(texts: pa.ChunkedArray, tokenizer: Any) -> np.ndarray:
-    """All documents tokenized in chunks by the Rust tokenizer (offsets skipped: only ids are
-    kept) and joined with EOS, without ever holding the whole corpus as Python lists."""
+def _chunks(texts: pa.ChunkedArray, tokenizer: Any) -> Iterator[list[list[int]]]:
+    """The documents' ids, CHUNK documents at a time, from the Rust tokenizer (offsets skipped)."""
     backend = tokenizer.backend_tokenizer
-    parts = [join_with_eos([e.ids for e in backend.encode_batch_fast(
-        texts.slice(start, CHUNK).to_pylist(), add_special_tokens=False)],
-        tokenizer.eos_token_id) for start in range(0, len(texts), CHUNK)]
+    for start in range(0, len(texts), CHUNK):
+        yield [e.ids for e in backend.encode_batch_fast(texts.slice(start, CHUNK).to_pylist(),
+                                                        add_special_tokens=False)]
+
+
+def token_stream(texts: pa.ChunkedArray, tokenizer: Any) -> np.ndarray:
+    """All documents tokenized in chunks and joined with EOS, without ever holding the whole
+    corpus as Python lists."""
+    parts = [join_with_eos(ids, tokenizer.eos_token_id) for ids in _chunks(texts, tokenizer)]
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int32)
+
+
+def token_rows(texts: pa.ChunkedArray, tokenizer: Any, first: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """token_stream, and for each of its tokens the row its document is (`first` + the document's
+    index; its EOS counts as its own), which evaluate scores each test passage by."""
+    streams, lengths = [], []
+    for ids in _chunks(texts, tokenizer):
+        streams.append(join_with_eos(ids, tokenizer.eos_token_id))
+        lengths += [len(x) + 1 for x in ids]
+    rows = np.repeat(np.arange(first, first + len(lengths), dtype=np.int32), lengths)
+    return (np.concatenate(streams) if streams else np.empty(0, dtype=np.int32)), rows
 
 
 def pack(stream: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
@@ -46,11 +64,13 @@ def pack(stream: np.ndarray, block_size: int) -> tuple[np.ndarray, int]:
 
 class Packer:
     """`pack` over a stream that arrives in pieces: the tokens left over from one piece start
-    the next, so the blocks are those of the whole stream at once."""
+    the next, so the blocks are those of the whole stream at once. Given each token's row
+    (token_rows), it cuts those into the same blocks."""
 
     def __init__(self, block_size: int) -> None:
         self.block_size, self.tokens, self.blocks = block_size, 0, 0
         self.carry = np.empty(0, dtype=np.int32)
+        self.carry_rows = np.empty(0, dtype=np.int32)
 
     def add(self, stream: np.ndarray) -> np.ndarray:
         self.tokens += len(stream)
@@ -58,6 +78,13 @@ class Packer:
         blocks, remainder = pack(stream, self.block_size)
         self.carry = stream[len(stream) - remainder:]
         self.blocks += len(blocks)
+        return blocks
+
+    def add_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of the tokens `add` was just given, as blocks like those it returned."""
+        rows = np.concatenate([self.carry_rows, rows])
+        blocks, remainder = pack(rows, self.block_size)
+        self.carry_rows = rows[len(rows) - remainder:]
         return blocks
 
     def stats(self) -> dict[str, int]:
@@ -84,14 +111,17 @@ def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
-def pack_examples(examples: list[Encoded], block_size: int, pad_id: int) -> dict[str, np.ndarray]:
+def pack_examples(examples: list[Encoded], block_size: int, pad_id: int,
+                  rows: list[int] | None = None) -> dict[str, np.ndarray]:
     """Examples packed into rows of block_size tokens (best_fit): input_ids, labels and
     position_ids that restart at 0 for each example, which is how transformers tells the packed
     sequences apart (no attention across them, with SDPA, eager and FlashAttention alike). The
     first token of each example has no label, so nothing is learned across a boundary; the rest
-    of a row is padding, a sequence of its own that has no labels."""
+    of a row is padding, a sequence of its own that has no labels. Given each example's `rows`
+    (where it came from), also their `row` per token (-1 on padding)."""
     bins = best_fit([len(e.input_ids) for e in examples], block_size)
     ids = np.full((len(bins), block_size), pad_id, dtype=np.int32)
+    where = np.full((len(bins), block_size), -1, dtype=np.int32)
     labels = np.full((len(bins), block_size), IGNORE, dtype=np.int32)
     positions = np.zeros((len(bins), block_size), dtype=np.int32)
     for row, members in enumerate(bins):
@@ -101,6 +131,9 @@ def pack_examples(examples: list[Encoded], block_size: int, pad_id: int) -> dict
             ids[row, at:at + n] = examples[i].input_ids
             labels[row, at + 1:at + n] = examples[i].labels[1:]
             positions[row, at:at + n] = np.arange(n)
+            if rows is not None:
+                where[row, at:at + n] = rows[i]
             at += n
         positions[row, at:] = np.arange(block_size - at)
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+    packed = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    return packed | ({"row": where} if rows is not None else {})

@@ -71,6 +71,9 @@ class IngestParams(Section):
     turn_field: str | None = None
     role_field: str | None = None
     content_field: str | None = None
+    # a field or column naming each record's group (an intent, a category): split stratifies by
+    # it and evaluate scores each group; None: no groups
+    group_field: str | None = None
 
     @field_validator("encoding_fallback")
     @classmethod
@@ -203,6 +206,8 @@ class EvaluateParams(Section):
     max_new_tokens: int = Field(60, ge=1, le=4096)
     repetition_penalty: float = Field(1.2, ge=1.0, le=5.0)
     max_generation_examples: int = Field(50, ge=0)  # pairs mode: BLEU/ROUGE on this many
+    # general-English text that is not the user's, to see what fine-tuning cost; []: none
+    reference_paths: list[str] = Field(default_factory=lambda: ["data/reference"])
 
 
 class ReportParams(Section):
@@ -360,6 +365,11 @@ class Paths:
     train_log: Path = Path("dvclive/train")
     checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train
     reports: Path = Path("reports")
+
+    @property
+    def analysis(self) -> Path:
+        """evaluate's error analysis: per source, per group, the largest gains and losses."""
+        return self.metrics / "eval_analysis.json"
 
     @property
     def human_eval(self) -> Path:

@@ -1,11 +1,13 @@
-"""Write reports/report.md and reports/report.html (with reports/loss.png) from the metrics of
-every stage, the DVCLive loss curves and the sample generations. Params: `report`."""
+"""Write reports/report.md and reports/report.html (with reports/loss.png and reports/sources.png)
+from the metrics of every stage, the DVCLive loss curves, evaluate's error analysis, the sample
+generations and the blind ratings. Params: `report`."""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from stages.io import atomic_output, read_json, stage_main
 from stages.models import SAMPLING
 from stages.params import PATHS, Params, Paths, UserError
 from stages.ratings import NO_RATINGS, current
+from stages.scores import MIN_TOKENS
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", rows) | ("img", path) | ("pre", text)
 
@@ -32,6 +35,10 @@ def _fmt(value: Any) -> str:
 
 
 PLOT = "loss.png"
+SOURCES_PLOT = "sources.png"
+ALT = {PLOT: "loss curves", SOURCES_PLOT: "test perplexity per source, base and fine-tuned"}
+CHART_ROWS = 20   # sources in the chart: those with most test tokens
+TEXT_CHARS = 400  # of a passage shown in the report (eval_analysis.json has all of it)
 
 
 def loss_curves(log_dir: Path) -> dict[str, pd.DataFrame]:
@@ -66,6 +73,109 @@ def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_sources(analysis: dict[str, Any], out: Path) -> None:
+    """Horizontal bars: each source's test perplexity, base and fine-tuned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = analysis["tables"][analysis["by"]][:CHART_ROWS] if analysis else []
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(rows), 1)), dpi=100)
+    names = [_short(r["name"], 40) for r in rows][::-1]
+    at = np.arange(len(rows))
+    bars = ((0.2, "base_perplexity", "base"), (-0.2, "finetuned_perplexity", "fine-tuned"))
+    for offset, key, label in bars:
+        ax.barh(at + offset, [r[key] or 0 for r in rows][::-1], height=0.38, label=label)
+    ax.set_yticks(at, names)
+    ax.set_xlabel(f"test perplexity per {analysis['by'] if analysis else 'source'} "
+                  "(lower is better)")
+    ax.grid(axis="x", alpha=0.3)
+    if rows:  # above the bars, where it hides none of them
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no test passages scored", ha="center", va="center",
+                transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(out, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _rise(change: float | None) -> str:
+    """A relative change of perplexity as a person reads it: -39.0% is lower (better)."""
+    return "n/a" if change is None else f"{change:+.1%}"
+
+
+def _change(improvement: float | None) -> str:
+    """An improvement (above 0: lower perplexity) as a change: 0.39 is -39.0%."""
+    return _rise(None if improvement is None else -improvement)
+
+
+def general_line(ref: dict[str, Any] | None) -> str:
+    if not ref:
+        return ""
+    return (f" On general English: {_fmt(ref['base']['perplexity'])} → "
+            f"{_fmt(ref['finetuned']['perplexity'])} ({_rise(ref['change'])}).")
+
+
+def cost_blocks(ev: dict[str, Any]) -> list[Block]:
+    """Gain on the user's data next to the change on general English (the forgetting check)."""
+    rows = [["text", "base perplexity", "fine-tuned perplexity", "change"],
+            ["your test data", _fmt(ev["base"]["perplexity"]), _fmt(ev["finetuned"]["perplexity"]),
+             _change(ev.get("perplexity_improvement"))]]
+    ref = ev.get("reference")
+    if not ref:
+        return [("h2", "Gain on your data, cost on general text"), ("table", rows),
+                ("p", "No reference text was scored (`evaluate.reference_paths: []`), so what "
+                      "fine-tuning cost on general English is not measured.")]
+    rows.append([f"general English ({ref['words']:,} words)", _fmt(ref["base"]["perplexity"]),
+                 _fmt(ref["finetuned"]["perplexity"]), _rise(ref["change"])])
+    verdict = ("the fine-tuned model finds general English harder than the base model did: "
+               "it has forgotten some of it" if (ref["change"] or 0) > 0 else
+               "the fine-tuned model does no worse on general English than the base model")
+    return [("h2", "Gain on your data, cost on general text"), ("table", rows),
+            ("p", f"The reference is general English prose that is not yours "
+                  f"(`evaluate.reference_paths`, {ref['tokens']:,} tokens, the same tokens for "
+                  f"both models). A negative change is a gain; here {verdict}.")]
+
+
+def analysis_blocks(analysis: dict[str, Any], plot: str) -> list[Block]:
+    """Where fine-tuning helped and where it hurt: per source and per group, and the passages
+    with the largest gain and the largest loss."""
+    if not analysis:
+        return []
+    out: list[Block] = [("h2", "Where it helped and where it hurt (test split)")]
+    for by, table in analysis["tables"].items():
+        extra = [k for k in ("base_bleu", "finetuned_bleu", "base_rougeL", "finetuned_rougeL")
+                 if any(k in row for row in table)]
+        out += [("h3", f"Per {by}"), ("table", [
+            [by, "examples", "tokens", "base perplexity", "fine-tuned perplexity", "change",
+             *(k.replace("finetuned", "fine-tuned").replace("_", " ") for k in extra)],
+            *[[row["name"], _fmt(row["examples"]), _fmt(row["tokens"]),
+               _fmt(row["base_perplexity"]), _fmt(row["finetuned_perplexity"]),
+               _change(row["improvement"]), *(_fmt(row.get(k)) for k in extra)]
+              for row in table]])]
+    if plot:
+        out.append(("img", plot))
+    for key, title in (("largest_gain", "Largest gain"),
+                       ("largest_loss", "Largest loss (or least gain)")):
+        if analysis[key]:
+            out += [("h3", title), ("table", [
+                [analysis["by"], "base perplexity", "fine-tuned perplexity", "change", "text"],
+                *[[row["source"], _fmt(row["base_perplexity"]), _fmt(row["finetuned_perplexity"]),
+                   _change(row["improvement"]), _short(row["text"], TEXT_CHARS)]
+                  for row in analysis[key]]])]
+    out.append(("p", "Perplexity of each test passage or example on its own tokens, as both "
+                     f"models scored them; passages of fewer than {MIN_TOKENS} tokens are ranked "
+                     "only when too few are longer. metrics/eval_analysis.json has the full texts."))
+    return out
+
+
 def model_table(ev: dict[str, Any]) -> list[list[str]]:
     rows = [["model", "test loss", "test perplexity"]]
     extra = [k for k in ("bleu", "rougeL") if k in ev["base"]]
@@ -77,7 +187,8 @@ def model_table(ev: dict[str, Any]) -> list[list[str]]:
 
 
 def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]],
-           plot: str, human: dict[str, Any] = NO_RATINGS) -> list[Block]:
+           plot: str, human: dict[str, Any] = NO_RATINGS, analysis: dict[str, Any] | None = None,
+           sources_plot: str = "") -> list[Block]:
     """The report's content, independent of the output format."""
     ev, tr = metrics["eval"], metrics["train"]
     improvement = ev.get("perplexity_improvement")
@@ -85,9 +196,12 @@ def blocks(params: Params, metrics: dict[str, Any], samples: list[dict[str, str]
         f"Base model `{params.model.source}` fine-tuned in {params.mode} mode on "
         f"{tr['env']['device']} ({tr['env']['precision']}). Test perplexity "
         f"{_fmt(ev['base']['perplexity'])} → {_fmt(ev['finetuned']['perplexity'])}"
-        + (f" ({improvement:.1%} lower)." if improvement is not None else ".")))]
+        + (f" ({improvement:.1%} lower)." if improvement is not None else ".")
+        + general_line(ev.get("reference"))))]
     out += [("h2", "Base vs fine-tuned (test split)"), ("table", model_table(ev)),
             ("p", f"Both models scored on the same {ev['test_tokens']:,} test tokens.")]
+    out += cost_blocks(ev)
+    out += analysis_blocks(analysis or {}, sources_plot)
     out += [("h2", "Training"), ("table", [["", "value"], *[[k, _fmt(v)] for k, v in tr.items()]])]
     if plot:
         out.append(("img", plot))
@@ -168,7 +282,7 @@ def to_markdown(content: list[Block]) -> str:
         elif kind == "pre":
             lines += ["> " + line for line in (value or "(empty)").splitlines()] + [""]
         elif kind == "img":
-            lines += [f"![loss curves]({value})", ""]
+            lines += [f"![{ALT[value]}]({value})", ""]
         elif kind == "table":
             # a cell stays on its row: pipes escaped, line breaks as <br> (GitHub's tables)
             cells = [[c.replace("|", "\\|").replace("\n", "<br>") for c in row] for row in value]
@@ -184,13 +298,13 @@ def to_html(content: list[Block], images: Path) -> str:
         if kind in ("h1", "h2", "h3"):
             parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
         elif kind == "p":
-            text = html.escape(value).replace("**", "")
+            text = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(value).replace("**", ""))
             parts.append(f"<p>{text}</p>")
         elif kind == "pre":
             parts.append(f"<pre>{html.escape(value or '(empty)')}</pre>")
         elif kind == "img":
             data = base64.b64encode((images / value).read_bytes()).decode()
-            parts.append(f'<img alt="loss curves" src="data:image/png;base64,{data}">')
+            parts.append(f'<img alt="{html.escape(ALT[value])}" src="data:image/png;base64,{data}">')
         elif kind == "table":
             head = "".join(f"<th>{html.escape(c)}</th>" for c in value[0])
             body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -225,11 +339,14 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     samples_path = paths.metrics / "samples.json"
     samples = read_json(samples_path) if samples_path.exists() else []
     human = read_json(paths.human_eval) if paths.human_eval.exists() else NO_RATINGS
+    analysis = read_json(paths.analysis) if paths.analysis.exists() else {}
     curves = loss_curves(paths.train_log)
-    # Three files, not the folder: reports/ also holds what `uv run tune` writes (reports/tune).
+    # Its files, not the folder: reports/ also holds what `uv run tune` writes (reports/tune).
     with atomic_output(paths.reports / PLOT) as tmp:
         plot_losses(curves, tmp)
-    content = blocks(params, metrics, samples, PLOT, human)
+    with atomic_output(paths.reports / SOURCES_PLOT) as tmp:
+        plot_sources(analysis, tmp)
+    content = blocks(params, metrics, samples, PLOT, human, analysis, SOURCES_PLOT)
     with atomic_output(paths.reports / "report.md") as tmp:
         tmp.write_text(to_markdown(content), encoding="utf-8")
     with atomic_output(paths.reports / "report.html") as tmp:  # last: it embeds the plot

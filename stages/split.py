@@ -1,5 +1,6 @@
 """Split data/interim/clean.parquet into data/processed/{train,val,test}.parquet, deterministic for
-`seed` and stratified by source document, with no text in two splits. Params: `seed`, `split`."""
+`seed` and stratified, with no text in two splits: by document in text mode, by group
+(`ingest.group_field`) or else by source file in pairs and chat mode. Params: `seed`, `split`."""
 
 from __future__ import annotations
 
@@ -33,11 +34,14 @@ def allocate(n: int, fractions: tuple[float, float, float]) -> list[int]:
     return counts.tolist()
 
 
-def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int) -> pd.Series:
+def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int,
+           pools: pd.Series | None = None) -> pd.Series:
     """The split of every row. Rows are shuffled within their group and cut by `allocate`; a group
-    too small to stratify joins the pooled group; rows with the same text all follow the first."""
+    too small to stratify joins the pooled group of its pool (one pool when `pools` is None);
+    rows with the same text all follow the first."""
     sizes = groups.map(groups.value_counts())
-    groups = groups.where(sizes >= MIN_PASSAGES, POOLED)
+    pooled = POOLED if pools is None else POOLED + pools
+    groups = groups.where(sizes >= MIN_PASSAGES, pooled)
     rng = np.random.default_rng(seed)
     split = np.empty(len(groups), dtype=object)
     fractions = (p.train, p.val, p.test)
@@ -48,6 +52,16 @@ def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int) -> pd.
             split[part] = name
     result = pd.Series(split, index=groups.index)
     return result.groupby(keys.values, sort=False).transform("first")
+
+
+def strata_of(mode: str, doc_ids: list[str], sources: list[str], groups: list[str]
+              ) -> tuple[pd.Series, pd.Series | None]:
+    """What the split stratifies by, and the pools of the strata too small for it. Text: each
+    document (pooled by group, so a group's short documents stay its own); pairs and chat: each
+    group when the records have groups, else each source file."""
+    if mode == "text":
+        return pd.Series(doc_ids), pd.Series(groups) if any(groups) else None
+    return pd.Series(groups if any(groups) else sources), None
 
 
 def row_keys(table: pa.Table, mode: str) -> list[bytes]:
@@ -61,18 +75,21 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     """Two passes over clean.parquet, one row group at a time: the first reads only the groups
     and text digests to decide every row's split, the second copies each row group's rows into
     the three files. Memory is the digests and ids, not the texts."""
-    group_column = "doc_id" if params.mode == "text" else "source"
     n_groups = row_groups(paths.clean)
-    groups: list[str] = []
+    sources: list[str] = []
+    record_groups: list[str] = []
     keys: list[bytes] = []
     doc_ids: list[str] = []
     for i in range(n_groups):
-        columns = list(dict.fromkeys([group_column, "doc_id", *KEY[params.mode]]))
-        table = read_row_group(paths.clean, i, columns)
-        groups += table.column(group_column).to_pylist()
+        table = read_row_group(paths.clean, i, list(dict.fromkeys(
+            ["doc_id", "source", "group", *KEY[params.mode]])))
+        sources += table.column("source").to_pylist()
+        record_groups += table.column("group").to_pylist()
         doc_ids += table.column("doc_id").to_pylist()
         keys += row_keys(table, params.mode)
-    labels = assign(pd.Series(groups), pd.Series(keys), params.split, params.seed).to_numpy()
+    grouped = any(record_groups)
+    strata, pools = strata_of(params.mode, doc_ids, sources, record_groups)
+    labels = assign(strata, pd.Series(keys), params.split, params.seed, pools).to_numpy()
     counts = Counter(labels.tolist())
     if any(counts[name] == 0 for name in SPLITS):
         got = ", ".join(f"{name} {counts[name]}" for name in SPLITS)
@@ -94,10 +111,15 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         finally:
             for sink in sinks.values():
                 sink.close()
-    docs = pd.DataFrame({"doc_id": doc_ids, "split": labels})
-    return {name: {"records": counts[name],
-                   "documents": int(docs.loc[docs["split"] == name, "doc_id"].nunique())}
-            for name in SPLITS}
+    docs = pd.DataFrame({"doc_id": doc_ids, "group": record_groups, "split": labels})
+    summary: dict[str, Any] = {
+        name: {"records": counts[name],
+               "documents": int(docs.loc[docs["split"] == name, "doc_id"].nunique())}
+        for name in SPLITS}
+    if grouped:  # records of each group in each split: the stratification, to check
+        table = pd.crosstab(docs["group"], docs["split"]).reindex(columns=list(SPLITS), fill_value=0)
+        summary["groups"] = {str(g): {s: int(n) for s, n in row.items()} for g, row in table.iterrows()}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

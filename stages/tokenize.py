@@ -32,7 +32,7 @@ from stages.io import (
     write_json,
 )
 from stages.models import context_length, load_tokenizer
-from stages.packing import Packer, pack_examples, token_stream
+from stages.packing import Packer, pack_examples, token_rows, token_stream
 from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
 from stages.prompts import (
     IGNORE,
@@ -52,16 +52,19 @@ def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list
     return tokenizer(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
 
 
-def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
-                  ) -> tuple[list[list[int]], list[list[int]], dict[str, int]]:
+Examples = tuple[list[list[int]], list[list[int]], dict[str, int], list[int]]
+
+
+def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams) -> Examples:
     """input_ids and labels of each pair: prompt tokens labelled -100, the answer ends in EOS.
-    Over-long pairs are truncated or dropped (`tokenize.overlong`); both are counted."""
+    Over-long pairs are truncated or dropped (`tokenize.overlong`); both are counted. Also the
+    positions in `df` of the pairs kept."""
     prompt_ids = encode(tokenizer, render_prompts(df["prompt"].tolist(), tokenizer, p),
                         special=not p.use_chat_template)
     answer_ids = encode(tokenizer, df["response"].tolist())
-    inputs, labels = [], []
+    inputs, labels, kept = [], [], []
     counts = {"truncated": 0, "dropped": 0}
-    for prompt, answer in zip(prompt_ids, answer_ids, strict=True):
+    for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
         ids = prompt + answer + [tokenizer.eos_token_id]
         if len(ids) > p.block_size:
             if p.overlong == "drop" or len(prompt) >= p.block_size:
@@ -70,17 +73,19 @@ def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
             counts["truncated"] += 1
         inputs.append(ids[: p.block_size])
         labels.append(([IGNORE] * len(prompt) + ids[len(prompt):])[: p.block_size])
-    return inputs, labels, counts
+        kept.append(i)
+    return inputs, labels, counts, kept
 
 
 def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_error: str
-                  ) -> tuple[list[list[int]], list[list[int]], dict[str, int]]:
-    """input_ids and labels of each conversation (stages.prompts.encode_chat). One the template
-    cannot render faithfully ends the stage with one line naming its file and record
-    (`ingest.on_error: fail`) or is skipped and counted by reason (`skip`)."""
-    inputs, labels = [], []
+                  ) -> Examples:
+    """input_ids and labels of each conversation (stages.prompts.encode_chat), and the positions
+    in `df` of those kept. One the template cannot render faithfully ends the stage with one
+    line naming its file and record (`ingest.on_error: fail`) or is skipped and counted by
+    reason (`skip`)."""
+    inputs, labels, kept = [], [], []
     counts: Counter[str] = Counter(truncated=0, dropped=0)
-    for record in df.itertuples(index=False):
+    for i, record in enumerate(df.itertuples(index=False)):
         try:
             encoded, fate = encode_chat(conversations.loads(record.conversation), renderer,
                                         p.block_size, p.overlong, p.train_on)
@@ -95,7 +100,8 @@ def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_er
         if encoded is not None:
             inputs.append(encoded.input_ids)
             labels.append(encoded.labels)
-    return inputs, labels, dict(counts)
+            kept.append(i)
+    return inputs, labels, dict(counts), kept
 
 
 def content_fingerprint(table: pa.Table) -> str:
@@ -156,9 +162,13 @@ def block_columns(blocks: np.ndarray) -> dict[str, pa.Array]:
     return {"input_ids": ids, "labels": ids}
 
 
-def pair_columns(inputs: list[list[int]], labels: list[list[int]]) -> dict[str, pa.Array]:
+def pair_columns(inputs: list[list[int]], labels: list[list[int]], rows: list[int] | None = None
+                 ) -> dict[str, pa.Array]:
     ids_type = pa.list_(pa.int32())
-    return {"input_ids": pa.array(inputs, ids_type), "labels": pa.array(labels, ids_type)}
+    columns = {"input_ids": pa.array(inputs, ids_type), "labels": pa.array(labels, ids_type)}
+    if rows is not None:  # each token's row, like packed rows have
+        columns["row"] = pa.array([[r] * len(x) for r, x in zip(rows, inputs, strict=True)], ids_type)
+    return columns
 
 
 def packed_dataset(texts: pa.ChunkedArray, tokenizer: Any, block_size: int
@@ -170,38 +180,49 @@ def packed_dataset(texts: pa.ChunkedArray, tokenizer: Any, block_size: int
 
 
 def text_split(source: Path, tokenizer: Any, block_size: int, out: ExampleWriter,
-               progress: Any = None) -> dict[str, int]:
-    """A split's passages, one row group at a time, packed into blocks written to `out`."""
+               progress: Any = None, rows: bool = False) -> dict[str, int]:
+    """A split's passages, one row group at a time, packed into blocks written to `out`; with
+    `rows`, also each token's row in `source`."""
     packer = Packer(block_size)
+    first = 0
     for i in range(row_groups(source)):
         texts = read_row_group(source, i, ["text"]).column("text")
-        blocks = packer.add(token_stream(texts, tokenizer))
+        stream, where = token_rows(texts, tokenizer, first)
+        first += len(texts)
+        blocks = packer.add(stream)
+        columns = block_columns(blocks)
+        if rows:
+            columns["row"] = fixed_rows(packer.add_rows(where).reshape(-1, block_size))
         if len(blocks):
-            out.add(block_columns(blocks))
+            out.add(columns)
         if progress is not None:
             progress.update(len(texts))
     return packer.stats()
 
 
 def examples_split(source: Path, encode: Any, p: TokenizeParams, out: ExampleWriter, pad_id: int,
-                   progress: Any = None) -> dict[str, Any]:
+                   progress: Any = None, rows: bool = False) -> dict[str, Any]:
     """A split's pairs or conversations, one row group at a time: encoded by `encode` (a frame to
-    input_ids, labels and counts), packed into blocks (tokenize.packing) and written to `out`."""
+    Examples), packed into blocks (tokenize.packing) and written to `out`; with `rows`, also each
+    token's row in `source`."""
     stats: Counter[str] = Counter(tokens=0, examples=0, answer_tokens=0, truncated=0, dropped=0)
     if p.packing:
         stats["blocks"] = 0
+    first = 0
     for i in range(row_groups(source)):
         df = read_row_group(source, i).to_pandas()
-        inputs, labels, counts = encode(df)
+        inputs, labels, counts, kept = encode(df)
+        where = [first + k for k in kept] if rows else None
+        first += len(df)
         if progress is not None:
             progress.update(len(df))
         if p.packing:
             examples = [Encoded(x, y) for x, y in zip(inputs, labels, strict=True)]
-            columns = pack_examples(examples, p.block_size, pad_id)
+            columns = pack_examples(examples, p.block_size, pad_id, where)
             out.add({k: fixed_rows(v) for k, v in columns.items()})
             stats["blocks"] += len(columns["input_ids"])
         else:
-            out.add(pair_columns(inputs, labels))
+            out.add(pair_columns(inputs, labels, where))
         stats["tokens"] += sum(map(len, inputs))
         stats["examples"] += len(inputs)
         stats["answer_tokens"] += sum(sum(1 for t in x if t != IGNORE) for x in labels)
@@ -218,14 +239,16 @@ def fixed_rows(rows: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel(), pa.int32()), rows.shape[1])
 
 
-def schema(mode: str, p: TokenizeParams) -> pa.Schema:
+def schema(mode: str, p: TokenizeParams, rows: bool = False) -> pa.Schema:
     """Packed blocks (text mode, or pairs/chat with packing) are fixed-size rows; packed pairs
-    and chat also carry position ids. Unpacked examples have their own lengths."""
+    and chat also carry position ids. Unpacked examples have their own lengths. With `rows` (the
+    test split), each token's row in the split's parquet file, -1 on padding."""
     if mode != "text" and not p.packing:
         ids = pa.list_(pa.int32())
-        return pa.schema([("input_ids", ids), ("labels", ids)])
+        return pa.schema([("input_ids", ids), ("labels", ids)] + ([("row", ids)] if rows else []))
     ids = pa.list_(pa.int32(), p.block_size)
-    columns = ["input_ids", "labels"] + (["position_ids"] if mode != "text" else [])
+    columns = (["input_ids", "labels"] + (["position_ids"] if mode != "text" else [])
+               + (["row"] if rows else []))
     return pa.schema([(name, ids) for name in columns])
 
 
@@ -270,12 +293,13 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     with atomic_output(paths.tokenized) as tmp, progress:  # all splits appear together or none
         tmp.mkdir()
         for name in SPLITS:
-            out = ExampleWriter(tmp / f".{name}.arrow", schema(params.mode, p))
+            rows = name == "test"  # evaluate scores each test passage or example by its row
+            out = ExampleWriter(tmp / f".{name}.arrow", schema(params.mode, p, rows))
             try:
                 source = paths.split_file(name)
-                summary[name] = (text_split(source, tokenizer, p.block_size, out, progress)
+                summary[name] = (text_split(source, tokenizer, p.block_size, out, progress, rows)
                                  if params.mode == "text"
-                                 else examples_split(source, encode, p, out, pad_id, progress))
+                                 else examples_split(source, encode, p, out, pad_id, progress, rows))
                 if not out.rows:
                     raise UserError(f"tokenize: the {name} split gives no example of "
                                     f"tokenize.block_size={p.block_size} tokens; lower it or add data")

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
     project = tiny_project(tmp_path / "project")
     done = sh(project, "dvc", "exp", "run", "-n", "support-chat", "-S", "mode=chat",
-              "-S", "ingest.paths=[data/examples/chat]", "-S", "tokenize.block_size=512",
+              "-S", "ingest.paths=[data/examples/chat]", "-S", "ingest.group_field=category",
+              "-S", "tokenize.block_size=512",
               "-S", 'evaluate.prompts=["Can I pay in instalments?"]')
     assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate", "export", "report"}
     metrics = project / "metrics"
@@ -28,9 +29,17 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
     ev = json.loads((metrics / "eval_details.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert {"bleu", "rougeL"} <= set(ev["finetuned"]) and ev["test_tokens"] > 0
+    # the support categories: stratified, and scored per group with BLEU/ROUGE-L
+    split = json.loads((metrics / "split.json").read_text())["groups"]
+    assert len(split) == 10 and all(min(n.values()) >= 1 for n in split.values()), split
+    analysis = json.loads((metrics / "eval_analysis.json").read_text())
+    assert analysis["by"] == "group" and len(analysis["tables"]["group"]) == 10
+    assert all({"base_bleu", "finetuned_rougeL"} <= set(row) for row in analysis["tables"]["group"])
+    assert analysis["largest_gain"][0]["text"].startswith("user: ")
     samples = json.loads((metrics / "samples.json").read_text())
     assert samples[0]["prompt"] == "Can I pay in instalments?"
     report = (project / "reports" / "report.md").read_text()
     assert "chat mode" in report
+    assert "### Per group" in report and "| refunds |" in report and "fine-tuned bleu" in report
     table = sh(project, "dvc", "exp", "show", "--no-pager", "--csv").stdout
     assert "support-chat" in table and "chat" in table

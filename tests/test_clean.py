@@ -47,7 +47,7 @@ def test_long_paragraph_is_cut_on_sentences_then_spaces() -> None:
 
 
 def frame(texts: list[str], doc: str = "d") -> pd.DataFrame:
-    return pd.DataFrame({"doc_id": [f"{doc}{i}" for i in range(len(texts))], "source": "s",
+    return pd.DataFrame({"doc_id": [f"{doc}{i}" for i in range(len(texts))], "source": "s", "group": "",
                          "title": "t", "text": texts})
 
 
@@ -68,7 +68,7 @@ def test_clean_run_when_everything_is_dropped(tmp_path: Path) -> None:
 
 
 def test_clean_pairs_filters_and_dedupes() -> None:
-    df = pd.DataFrame({"doc_id": ["a", "b", "c"], "source": "s",
+    df = pd.DataFrame({"doc_id": ["a", "b", "c"], "source": "s", "group": "",
                        "prompt": ["Q one?", "Q one?", "Q"], "response": ["Answer.", "Answer.", "x" * 50]})
     out, dropped = clean.clean_pair_rows(df, CleanParams(min_chars=5, max_chars=100))
     assert out["prompt"].tolist() == ["Q one?", "Q"] and dropped == {"duplicate": 1}

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -24,7 +25,7 @@ def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -
     _, paths = trained
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
-    loss, count = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
+    loss, count, _ = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
     ids = torch.tensor(np.array(test["input_ids"]))
     with torch.inference_mode():
         expected = model(input_ids=ids, labels=ids).loss.item()
@@ -32,33 +33,67 @@ def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -
     assert loss == pytest.approx(expected, rel=1e-5)
 
 
-def test_perplexity_and_improvement_helpers() -> None:
-    assert evaluate.perplexity(0.0) == 1.0
-    assert evaluate.perplexity(1e6) is None
-    assert evaluate.relative_improvement(20.0, 15.0) == 0.25
-    assert evaluate.relative_improvement(None, 15.0) is None
+@pytest.mark.parametrize("fixture", ["trained", "trained_chat"])
+def test_the_losses_per_test_row_add_up_to_the_test_loss(fixture: str,
+                                                         request: pytest.FixtureRequest) -> None:
+    import datasets
+    import pandas as pd
+
+    _, paths = request.getfixturevalue(fixture)
+    model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    n_rows = len(pd.read_parquet(paths.split_file("test")))
+    loss, count, by_row = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t", n_rows)
+    assert by_row is not None and len(by_row.tokens) == n_rows
+    assert by_row.tokens.sum() == count and (by_row.tokens > 0).sum() > 1
+    assert by_row.loss.sum() / count == pytest.approx(loss, rel=1e-5)
 
 
-def test_answer_scores() -> None:
-    same = evaluate.answer_scores(["the cat sat on the mat"], ["the cat sat on the mat"])
-    assert same == {"bleu": 100.0, "rougeL": 1.0}
-    other = evaluate.answer_scores(["a dog ran"], ["the cat sat on the mat"])
-    assert other["rougeL"] == 0.0 and other["bleu"] < 5
+def test_the_reference_text_is_read_and_its_errors_are_one_line(tmp_path: Path) -> None:
+    from stages.params import UserError
 
-
-def test_repetition_flags_a_model_stuck_in_a_loop() -> None:
-    assert evaluate.repetition(["the mill turned slowly in the brown water"]) == 0.0
-    looping = evaluate.repetition(["the wheel and the wheel and the wheel and the wheel and"])
-    assert looping is not None and looping > 0.6
-    assert evaluate.repetition(["too short"]) is None
-    assert evaluate.repetition(["a b c a b c", "x y z"]) == round(1 / 5, 4)
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "b.md").write_text("# B\n\nSecond text.\n")
+    (tmp_path / "ref" / "a.txt").write_text("First text.")
+    (tmp_path / "ref" / "notes.json").write_text("{}")
+    assert evaluate.reference_texts([str(tmp_path / "ref")]) == ["First text.", "# B\n\nSecond text."]
+    assert evaluate.reference_texts([]) == []
+    with pytest.raises(UserError, match=r"^evaluate.reference_paths: .*/nowhere: no such file"):
+        evaluate.reference_texts([str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"^evaluate.reference_paths: no .txt or .md file in"):
+        evaluate.reference_texts([str(tmp_path / "empty")])
+    (tmp_path / "ref" / "c.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(UserError, match=r"c.txt: cannot be read as UTF-8"):
+        evaluate.reference_texts([str(tmp_path / "ref")])
 
 
 def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
+    import pyarrow as pa
+
+    from stages.metrics import headline
+    from stages.packing import token_stream
+
     params, paths = trained
     summary = evaluate.run(params, paths)
     assert summary["test_tokens"] > 0
     assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
+    # the forgetting check: both models on the shipped reference text, the same tokens
+    ref = summary["reference"]
+    texts = evaluate.reference_texts(params.evaluate.reference_paths)
+    assert params.evaluate.reference_paths == ["data/reference"] and len(texts) >= 3
+    tokens = token_stream(pa.chunked_array([texts], pa.string()), load_tokenizer(paths.base_model))
+    assert ref["tokens"] == len(tokens) and ref["words"] > 3000
+    assert ref["change"] == pytest.approx(ref["finetuned"]["perplexity"] / ref["base"]["perplexity"] - 1,
+                                          abs=1e-5)
+    assert set(headline("eval", summary)) == {"perplexity", "improvement", "ref_perplexity",
+                                              "ref_base", "ref_change"}
+    analysis = json.loads(paths.analysis.read_text())
+    assert analysis["by"] == "title"
+    assert {r["name"] for r in analysis["tables"]["title"]} == {"The Mill", "harbour"}
+    assert sum(r["tokens"] for r in analysis["tables"]["title"]) == summary["test_tokens"]
+    passages = set(pd.read_parquet(paths.split_file("test"))["text"])
+    assert analysis["largest_gain"] and {r["text"] for r in analysis["largest_gain"]} <= passages
     samples = json.loads((paths.metrics / "samples.json").read_text())
     assert [s["prompt"] for s in samples] == ["The miller"]
     assert set(samples[0]) == {"prompt", "base", "finetuned", "base_sampled", "finetuned_sampled"}
@@ -74,6 +109,17 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     assert "| finetuned |" in md and "![loss curves](loss.png)" in md and "The miller" in md
     assert "as `generate` samples them" in md and "temperature 0.8, top p 0.95" in md
     assert "Repeated word 3-grams" in md
+    assert "| general English (4," in md and "Gain on your data, cost on general text" in md
+    assert "### Per title" in md and "| The Mill |" in md and "### Largest gain" in md
+    assert "![test perplexity per source, base and fine-tuned](sources.png)" in md
+    assert (paths.reports / "sources.png").read_bytes()[:4] == b"\x89PNG"
+    off = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"reference_paths": []})})
+    without = evaluate.run(off, paths)
+    assert "reference" not in without and without["finetuned"] == summary["finetuned"]
+    write_summary("eval", without, paths)
+    report.run(off, paths)
+    assert "No reference text was scored" in (paths.reports / "report.md").read_text()
     page = (paths.reports / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     assert (paths.reports / "loss.png").read_bytes()[:4] == b"\x89PNG"

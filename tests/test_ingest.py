@@ -278,7 +278,7 @@ def test_run_writes_parquet_and_summary(tmp_path: Path, books: Path) -> None:
     paths = PATHS.under(tmp_path)
     summary = ingest.run(tiny_params(ingest={"paths": [str(books)]}), paths)
     df = pd.read_parquet(paths.ingested)
-    assert list(df.columns) == ["doc_id", "source", "title", "text"]
+    assert list(df.columns) == ["doc_id", "source", "group", "title", "text"]
     assert df["title"].tolist() == ["harbour", "The Mill"]
     assert summary["records"] == 2 and summary["bytes"] > 0
 
@@ -308,3 +308,34 @@ def test_a_dangling_symlink_is_reported(tmp_path: Path) -> None:
         discover([str(tmp_path / "data")])
     files, problems = discover([str(tmp_path / "data")], SKIP)
     assert [f.name for f in files] == ["book.txt"] and problems.skipped == {"broken_symlink": 1}
+
+
+def test_group_field_is_carried_from_records_tables_and_turn_tables(tmp_path: Path) -> None:
+    g = IngestParams(group_field="intent")
+    records = write(tmp_path / "a.jsonl", '{"prompt": "Q1?", "response": "A1.", "intent": "refund"}\n'
+                                          '{"prompt": "Q2?", "response": "A2.", "intent": 7}\n'
+                                          '{"prompt": "Q3?", "response": "A3."}\n')
+    table = write(tmp_path / "b.csv", "prompt,response,intent\nQ4?,A4.,order\n")
+    df, _ = run_ingest([records, table], "pairs", g)
+    assert df["group"].tolist() == ["refund", "7", "", "order"]  # a record without one: ""
+    turns = write(tmp_path / "t.csv", "conversation_id,turn,role,text,intent\n"
+                                      "1,1,user,Hi,\n1,2,assistant,Hello,greeting\n"
+                                      "2,1,user,Bye,farewell\n2,2,assistant,Goodbye,\n")
+    df, _ = run_ingest([turns], "chat", g)
+    assert df["group"].tolist() == ["greeting", "farewell"]  # the first turn that names one
+    assert run_ingest([records], "pairs")[0]["group"].tolist() == ["", "", ""]  # group_field: null
+
+
+def test_a_group_field_no_record_has_is_one_line(tmp_path: Path) -> None:
+    write(tmp_path / "data" / "a.jsonl", '{"prompt": "Q1?", "response": "A1."}\n')
+    write(tmp_path / "data" / "b.csv", "prompt,response\nQ?,A.\n")
+    params = tiny_params(mode="pairs", ingest={"paths": [str(tmp_path / "data" / "b.csv")],
+                                               "group_field": "intent"})
+    with pytest.raises(UserError, match=r"b.csv: no column 'intent' \(it has: prompt, response\); "
+                                        r"set ingest.group_field"):
+        ingest.run(params, PATHS.under(tmp_path))
+    params = params.model_copy(update={"ingest": params.ingest.model_copy(
+        update={"paths": [str(tmp_path / "data" / "a.jsonl")]})})
+    with pytest.raises(UserError, match=r"^ingest.group_field: no record has a 'intent' field"):
+        ingest.run(params, PATHS.under(tmp_path))
+    assert not PATHS.under(tmp_path).ingested.exists()

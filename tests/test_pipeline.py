@@ -118,6 +118,11 @@ def test_dvc_repro_end_to_end(project: Path) -> None:
     ev = json.loads((project / "metrics" / "eval_details.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert ev["perplexity_improvement"] > 0 and ev["test_tokens"] > 1000
+    headline = json.loads((project / "metrics" / "eval.json").read_text())
+    assert headline["ref_base"] == ev["reference"]["base"]["perplexity"] > 1  # the shipped reference
+    assert {"ref_perplexity", "ref_change"} < set(headline) and ev["reference"]["words"] > 3000
+    analysis = json.loads((project / "metrics" / "eval_analysis.json").read_text())
+    assert len(analysis["tables"]["title"]) == 4 and analysis["largest_loss"]  # the four sample books
     train = json.loads((project / "metrics" / "train_details.json").read_text())
     assert train["steps"] == 8 and train["tokens"] == 8 * 4 * 64
     assert train["env"]["device"] == "cpu" and train["env"]["dvc"]

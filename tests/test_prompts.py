@@ -139,8 +139,9 @@ def test_tokenize_fails_or_skips_a_conversation_the_template_cannot_render(
     with pytest.raises(UserError, match=r"^data/chat.jsonl:line 2: message 2: the chat template "
                                         r"does not render tool calls \(order_status\)"):
         tokenize.chat_examples(df, renderer, TokenizeParams(block_size=512), "fail")
-    inputs, labels, counts = tokenize.chat_examples(df, renderer, TokenizeParams(block_size=512), "skip")
-    assert len(inputs) == 1 and counts["skipped_tools_unsupported"] == 1
+    inputs, labels, counts, kept = tokenize.chat_examples(df, renderer, TokenizeParams(block_size=512),
+                                                          "skip")
+    assert len(inputs) == 1 and counts["skipped_tools_unsupported"] == 1 and kept == [0]
 
 
 def test_reply_prompt_and_stop_tokens(smollm2_tokenizer: Any, tiny_tokenizer: Any) -> None:

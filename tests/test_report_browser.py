@@ -1,6 +1,7 @@
 """reports/report.html in a real browser: headless Chromium loads it without errors and shows the
-comparison table and the loss plot. The screenshot is kept in .ci-artifacts/ (git-ignored).
-Skipped where Chromium is not installed (.ci/run installs Debian's `chromium`)."""
+comparison table, the forgetting check, the error analysis, the ratings and both plots. The
+screenshot is kept in .ci-artifacts/ (git-ignored). Skipped where Chromium is not installed
+(.ci/run installs Debian's `chromium`)."""
 
 from __future__ import annotations
 
@@ -61,14 +62,22 @@ def test_report_loads_in_chromium_and_shows_the_table_and_the_plot(rendered: Pat
     assert re.search(r'<img alt="loss curves" src="data:image/png;base64,', html)
     assert "Parameters of this run" in html and "Sample generations" in html
     assert "Blind A/B rating" in html and "Fine-tuned preferred 1 times" in html
+    cost = re.search(r"<h2>Gain on your data, cost on general text</h2>\s*<table>(.*?)</table>",
+                     html, re.S)
+    assert cost and "<td>your test data</td>" in cost.group(1) and "general English" in cost.group(1)
+    per_title = re.search(r"<h3>Per title</h3>\s*<table>(.*?)</table>", html, re.S)
+    assert per_title and "<td>The Mill</td>" in per_title.group(1)
+    assert re.search(r"<h3>Largest gain</h3>\s*<table>.*?The miller counted sacks", html, re.S)
+    assert re.search(r'<img alt="test perplexity per source, base and fine-tuned" '
+                     r'src="data:image/png;base64,', html)
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "report.png"
     screenshot.unlink(missing_ok=True)
-    shot = chromium(rendered, f"--screenshot={screenshot}", "--window-size=1280,2400")
+    shot = chromium(rendered, f"--screenshot={screenshot}", "--window-size=1280,4800")
     assert console_errors(shot.stderr) == []
     image = Image.open(screenshot).convert("RGB")
-    assert image.size == (1280, 2400)
+    assert image.size == (1280, 4800)
     colours = image.getcolors(maxcolors=1 << 20) or []
     plot_pixels = sum(n for n, rgb in colours
                       if all(abs(a - b) <= 12 for a, b in zip(rgb, PLOT_BLUE, strict=True)))

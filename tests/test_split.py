@@ -84,3 +84,24 @@ def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path:
             assert first not in seen, f"{first!r} in {seen.get(first)} and {name}"
             seen[first] = name
     assert len(seen) == 40 and set(seen.values()) == {"train", "val", "test"}
+
+
+def test_split_stratifies_by_group(tmp_path: Path) -> None:
+    """Pairs with groups: each group of 10 or more has records in train, val and test, in about
+    the split's shares; the small groups are split together."""
+    sizes = {"refund": 30, "order": 20, "account": 10, "rare": 2, "odd": 1}
+    rows = [{"doc_id": f"{g}{i}", "passage_id": f"{g}{i}", "source": "one.csv", "group": g,
+             "prompt": f"{g} question {i}?", "response": f"{g} answer {i}."}
+            for g, n in sizes.items() for i in range(n)]
+    paths = PATHS.under(tmp_path)
+    paths.clean.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(paths.clean)
+    summary = split.run(tiny_params(mode="pairs"), paths)
+    assert summary["groups"]["refund"] == {"train": 24, "val": 3, "test": 3}
+    assert summary["groups"]["order"] == {"train": 16, "val": 2, "test": 2}
+    assert summary["groups"]["account"] == {"train": 8, "val": 1, "test": 1}
+    test = pd.read_parquet(paths.split_file("test"))
+    assert {"refund", "order", "account"} <= set(test["group"])
+    # without groups, one source file is one stratum: account's share is left to chance
+    pd.DataFrame(rows).assign(group="").to_parquet(paths.clean)
+    assert "groups" not in split.run(tiny_params(mode="pairs"), paths)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -48,12 +49,12 @@ def test_pairs_mask_the_prompt_and_truncate_or_drop_overlong() -> None:
     df = __import__("pandas").DataFrame({"prompt": ["a bb", "long " * 10],
                                          "response": ["ccc dddd", "x"]})
     p = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:")
-    inputs, labels, counts = tokenize.pair_examples(df, FakeTokenizer(), p)
+    inputs, labels, counts, _ = tokenize.pair_examples(df, FakeTokenizer(), p)
     assert inputs == [[2, 1, 2, 2, 3, 4, 0]]  # "Q:", "a", "bb", "A:", answer, eos
     assert labels == [[-100, -100, -100, -100, 3, 4, 0]]
     assert counts == {"truncated": 0, "dropped": 1}  # the prompt alone is over 8 tokens
     df2 = df.assign(response=["ccc dddd eeeee ffffff", "x"]).head(1)
-    inputs, labels, counts = tokenize.pair_examples(df2, FakeTokenizer(), p)
+    inputs, labels, counts, _ = tokenize.pair_examples(df2, FakeTokenizer(), p)
     assert inputs == [[2, 1, 2, 2, 3, 4, 5, 6]] and counts["truncated"] == 1
     p_drop = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:", overlong="drop")
     assert tokenize.pair_examples(df2, FakeTokenizer(), p_drop)[2]["dropped"] == 1
@@ -84,3 +85,39 @@ def test_block_size_larger_than_the_context_is_refused(tmp_path: Path, books: Pa
     with pytest.raises(UserError, match="tokenize.block_size: 4096 is larger than the model's "
                                         "context of 128 tokens"):
         tokenize.run(too_long, paths)
+
+
+def test_the_test_split_says_which_passage_each_token_came_from(trained: tuple[Params, Paths]) -> None:
+    """Text mode: the tokens marked with row r are passage r of test.parquet and its EOS (the
+    last passage cut where the blocks end); train and val carry no rows."""
+    import datasets
+
+    _, paths = trained
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    assert "row" not in datasets.load_from_disk(str(paths.tokenized / "train")).column_names
+    tokenizer = load_tokenizer(paths.base_model)
+    texts = pd.read_parquet(paths.split_file("test"))["text"].tolist()
+    ids, rows = np.array(test["input_ids"]).ravel(), np.array(test["row"]).ravel()
+    assert rows[0] == 0 and (np.diff(rows) >= 0).all() and rows[-1] < len(texts)
+    for r in np.unique(rows):
+        expected = tokenizer(texts[r], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        got = ids[rows == r].tolist()
+        assert got == (expected if r < rows[-1] else expected[:len(got)]), r
+
+
+def test_packed_chat_rows_say_which_conversation_each_token_came_from(
+        trained_chat: tuple[Params, Paths]) -> None:
+    import datasets
+
+    from stages.prompts import Renderer
+
+    params, paths = trained_chat
+    test = datasets.load_from_disk(str(paths.tokenized / "test"))
+    df = pd.read_parquet(paths.split_file("test"))
+    inputs, _, _, kept = tokenize.chat_examples(df, Renderer(load_tokenizer(paths.base_model),
+                                                             params.tokenize), params.tokenize, "fail")
+    ids, rows = np.array(test["input_ids"]), np.array(test["row"])
+    assert sorted(set(rows.ravel()) - {-1}) == kept
+    for example, r in zip(inputs, kept, strict=True):
+        assert ids[rows == r].tolist() == example
+    assert (np.array(test["labels"])[rows == -1] == -100).all()  # padding is never scored
