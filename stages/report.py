@@ -38,6 +38,7 @@ PLOT = "loss.png"
 SOURCES_PLOT = "sources.png"
 ALT = {PLOT: "loss curves", SOURCES_PLOT: "test perplexity per source, base and fine-tuned"}
 CHART_ROWS = 20   # sources in the chart: those with most test tokens
+TABLE_ROWS = 30   # and in each table (eval_analysis.json has them all)
 TEXT_CHARS = 400  # of a passage shown in the report (eval_analysis.json has all of it)
 
 
@@ -135,8 +136,11 @@ def cost_blocks(ev: dict[str, Any]) -> list[Block]:
                       "fine-tuning cost on general English is not measured.")]
     rows.append([f"general English ({ref['words']:,} words)", _fmt(ref["base"]["perplexity"]),
                  _fmt(ref["finetuned"]["perplexity"]), _rise(ref["change"])])
+    change = ref["change"] or 0
     verdict = ("the fine-tuned model finds general English harder than the base model did: "
-               "it has forgotten some of it" if (ref["change"] or 0) > 0 else
+               "it has forgotten some of it" if change > 0 else
+               "the fine-tuned model predicts general English better than the base model too: "
+               "nothing forgotten that this text shows" if change < 0 else
                "the fine-tuned model does no worse on general English than the base model")
     return [("h2", "Gain on your data, cost on general text"), ("table", rows),
             ("p", f"The reference is general English prose that is not yours "
@@ -159,7 +163,10 @@ def analysis_blocks(analysis: dict[str, Any], plot: str) -> list[Block]:
             *[[row["name"], _fmt(row["examples"]), _fmt(row["tokens"]),
                _fmt(row["base_perplexity"]), _fmt(row["finetuned_perplexity"]),
                _change(row["improvement"]), *(_fmt(row.get(k)) for k in extra)]
-              for row in table]])]
+              for row in table[:TABLE_ROWS]]])]
+        if len(table) > TABLE_ROWS:
+            out.append(("p", f"The {TABLE_ROWS} with most test tokens of {len(table):,}; "
+                             "metrics/eval_analysis.json has them all."))
     if plot:
         out.append(("img", plot))
     for key, title in (("largest_gain", "Largest gain"),
