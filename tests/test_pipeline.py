@@ -232,7 +232,8 @@ def test_tune_searches_prunes_resumes_in_parallel_and_applies_the_best(project: 
     header = sh(project, "dvc", "exp", "show", "--only-changed", "--drop", DROP,
                 "--csv").stdout.splitlines()[0].split(",")
     for column in ("train.method", "train.learning_rate", "train.max_steps", "train.weight_decay",
-                   "perplexity", "improvement", "val_loss", "tokens_per_second"):
+                   "perplexity", "improvement", "ref_perplexity", "ref_change", "val_loss",
+                   "tokens_per_second"):
         assert column in header, header
     assert not {"steps", "tokens", "train_seconds", "test_tokens"} & set(header), header
     assert (project / "reports" / "tune" / "s" / "history.png").is_file()
