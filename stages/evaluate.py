@@ -218,7 +218,7 @@ def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
     p = params.evaluate
     loss, tokens, by_row = mean_token_loss(model, test, tokenizer, p.batch_size, device, name, n_rows)
     assert by_row is not None, "data/tokenized/test has each token's row (tokenize)"
-    scores: dict[str, Any] = {"loss": round(loss, 6), "perplexity": perplexity(loss),
+    figures: dict[str, Any] = {"loss": round(loss, 6), "perplexity": perplexity(loss),
                               "tokens": tokens}
     general, ids = None, None
     if reference:
@@ -229,16 +229,16 @@ def score_model(name: str, params: Params, paths: Paths, device: str, test: Any,
     answers: list[str] = []
     if asked.prompts:
         answers = generate(model, tokenizer, asked.prompts, p, device, f"{name} answers", asked.stop)
-        scores |= answer_scores(answers, asked.references)
+        figures |= answer_scores(answers, asked.references)
     samples: dict[str, list[str]] = {"greedy": [], "sampled": []}
     if asked.samples:
         samples["greedy"] = generate(model, tokenizer, asked.samples, p, device, name, asked.stop)
         set_seed(params.seed)  # the same sampled text on every run
         samples["sampled"] = generate(model, tokenizer, asked.samples, p, device, f"{name} sampled",
                                       asked.stop, sampled=True)
-        scores |= {"repetition": repetition(samples["greedy"]),
+        figures |= {"repetition": repetition(samples["greedy"]),
                    "repetition_sampled": repetition(samples["sampled"])}
-    return ModelScores(scores, samples, by_row, asked, answers, general, ids)
+    return ModelScores(figures, samples, by_row, asked, answers, general, ids)
 
 
 def reference_summary(base: ModelScores, tuned: ModelScores, texts: list[str]) -> dict[str, Any]:
