@@ -99,7 +99,7 @@ def smollm2_tokenizer() -> Any:
 
 
 def support_conversations(n: int = 40) -> list[dict[str, Any]]:
-    """Short support chats of one or two exchanges, each different."""
+    """Short support chats of one or two exchanges, each different, in two categories."""
     convs = []
     for i in range(n):
         messages = [{"role": "user", "content": f"Where is my order FH-{1000 + i}?"},
@@ -107,7 +107,7 @@ def support_conversations(n: int = 40) -> list[dict[str, Any]]:
         if i % 2:
             messages += [{"role": "user", "content": f"Can I return item {i}?"},
                          {"role": "assistant", "content": "Yes, within 30 days, free of charge."}]
-        convs.append({"messages": messages})
+        convs.append({"messages": messages, "category": "returns" if i % 2 else "orders"})
     return convs
 
 
@@ -134,7 +134,8 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     raw.parent.mkdir()
     raw.write_text("\n".join(json.dumps(c) for c in support_conversations(60)) + "\n",
                    encoding="utf-8")
-    params = tiny_params(mode="chat", ingest={"paths": [str(raw)]}, tokenize={"block_size": 96},
+    params = tiny_params(mode="chat", ingest={"paths": [str(raw)], "group_field": "category"},
+                         tokenize={"block_size": 96},
                          train={"max_steps": 6},
                          evaluate={"prompts": ["Where is my order FH-1003?"]})
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))

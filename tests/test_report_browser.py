@@ -85,6 +85,20 @@ def test_report_loads_in_chromium_and_shows_the_table_and_the_plot(rendered: Pat
     assert len(colours) > 50, "the page rendered blank"
 
 
+def test_the_chat_report_shows_each_group_in_chromium(trained_chat: tuple[Params, Paths]) -> None:
+    """Chat mode with ingest.group_field: the per-group table with BLEU and ROUGE-L, and the
+    conversations with the largest gain."""
+    params, paths = trained_chat
+    write_summary("eval", evaluate.run(params, paths), paths)
+    report.run(params, paths)
+    dom = chromium(paths.reports / "report.html", "--dump-dom")
+    assert console_errors(dom.stderr) == []
+    table = re.search(r"<h3>Per group</h3>\s*<table>(.*?)</table>", dom.stdout, re.S)
+    assert table and "<th>fine-tuned bleu</th>" in table.group(1), dom.stdout
+    assert "<td>orders</td>" in table.group(1) and "<td>returns</td>" in table.group(1)
+    assert re.search(r"<h3>Largest gain</h3>\s*<table>.*?user: Where is my order", dom.stdout, re.S)
+
+
 def test_a_broken_page_is_caught(tmp_path: Path) -> None:
     """The checks above can fail: a page with a script error and a missing image trips them."""
     page = tmp_path / "broken.html"
