@@ -193,11 +193,15 @@ def test_tune_searches_prunes_resumes_in_parallel_and_applies_the_best(project: 
     (project / "params.yaml").write_text(yaml.safe_dump({**params, "tune": TUNE}, sort_keys=False))
     sh(project, "git", "commit", "-qam", "a search space")
     # A good trial; an obviously bad one (a learning rate that learns nothing), pruned; then a
-    # sampled one, interrupted with Ctrl-C while it trains.
+    # long one, interrupted with Ctrl-C while it trains. The last learns fast (full, a high
+    # rate), so the pruner never stops it first: a slow sampled point could be pruned at its
+    # second evaluation if the Ctrl-C, sent after its first, came late.
     interrupted = project.parent / "interrupted.log"
     with open(interrupted, "w") as log:
         proc = subprocess.Popen([str(BIN / "tune"), "--enqueue", *GOOD, "train.learning_rate=2.0e-3",
-                                 "--enqueue", "train.learning_rate=1.0e-7", "train.max_steps=206"],
+                                 "--enqueue", "train.learning_rate=1.0e-7", "train.max_steps=206",
+                                 "--enqueue", "train.method=full", "train.learning_rate=8.0e-3",
+                                 "train.max_steps=206", "train.weight_decay=0.0"],
                                 cwd=project, stdout=log,
                                 stderr=subprocess.STDOUT, env={**os.environ, **GIT_ENV})
         wait_for(project / "tune" / "logs" / "s-t2.progress.jsonl", proc)
