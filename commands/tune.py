@@ -24,6 +24,7 @@ import yaml
 
 from commands import search
 from commands.cli import run_command
+from stages import charts
 from stages.params import Params, UserError, load
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -128,12 +129,10 @@ def best_line(study: Any, p: Any, root: Path) -> str:
 
 def write_report(study: Any, out: Path) -> list[str]:
     """reports/tune/<study>/: trials.csv and Optuna's matplotlib plots (those the trials allow)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as plots
+
+    charts.pyplot()  # the Agg backend before Optuna draws
 
     out.mkdir(parents=True, exist_ok=True)
     study.trials_dataframe().to_csv(out / "trials.csv", index=False)
@@ -150,9 +149,7 @@ def write_report(study: Any, out: Path) -> list[str]:
                 continue  # e.g. importances need two completed trials
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100, metadata={"Software": None})
-        plt.close(fig)
+        charts.save(fig, out / name)
         written.append(name)
     return written
 

@@ -83,6 +83,7 @@ def mean_token_loss(model: Any, dataset: Any, tokenizer: Any, batch_size: int, d
                                      reduction="sum").item()
             count += int((labels != -100).sum())
             if rows is not None and n_rows:  # a predicted token's loss goes to that token's row
+                # (unreduced apart from the sum above, which stays the headline's exact figure)
                 token = F.cross_entropy(flat, labels.reshape(-1), ignore_index=-100,
                                         reduction="none").cpu().numpy()
                 where = F.pad(rows[:, 1:], (0, 1), value=-1).reshape(-1).numpy()

@@ -72,19 +72,21 @@ class Packer:
         self.carry = np.empty(0, dtype=np.int32)
         self.carry_rows = np.empty(0, dtype=np.int32)
 
+    def _cut(self, carry: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The full blocks of `carry` then `new`, and what is left over for the next piece."""
+        joined = np.concatenate([carry, new])
+        blocks, remainder = pack(joined, self.block_size)
+        return blocks, joined[len(joined) - remainder:]
+
     def add(self, stream: np.ndarray) -> np.ndarray:
         self.tokens += len(stream)
-        stream = np.concatenate([self.carry, stream])
-        blocks, remainder = pack(stream, self.block_size)
-        self.carry = stream[len(stream) - remainder:]
+        blocks, self.carry = self._cut(self.carry, stream)
         self.blocks += len(blocks)
         return blocks
 
     def add_rows(self, rows: np.ndarray) -> np.ndarray:
         """The rows of the tokens `add` was just given, as blocks like those it returned."""
-        rows = np.concatenate([self.carry_rows, rows])
-        blocks, remainder = pack(rows, self.block_size)
-        self.carry_rows = rows[len(rows) - remainder:]
+        blocks, self.carry_rows = self._cut(self.carry_rows, rows)
         return blocks
 
     def stats(self) -> dict[str, int]:

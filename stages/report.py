@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from stages import charts
 from stages.io import atomic_output, read_json, stage_main
 from stages.models import SAMPLING
 from stages.params import PATHS, Params, Paths, UserError
@@ -53,12 +54,7 @@ def loss_curves(log_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, ax = charts.pyplot().subplots(figsize=(7, 4), dpi=100)
     for name, df in curves.items():
         ax.plot(df["step"], df[df.columns[-1]], marker="o", markersize=3, label=name)
     ax.set_xlabel("step")
@@ -69,21 +65,15 @@ def plot_losses(curves: dict[str, pd.DataFrame], out: Path) -> None:
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no losses logged", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(out, format="png", metadata={"Software": None})
-    plt.close(fig)
+    charts.save(fig, out)
 
 
 def plot_sources(analysis: dict[str, Any], out: Path) -> None:
     """Horizontal bars: each source's test perplexity, base and fine-tuned."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     rows = analysis["tables"][analysis["by"]][:CHART_ROWS] if analysis else []
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(rows), 1)), dpi=100)
+    fig, ax = charts.pyplot().subplots(figsize=(7, 1.2 + 0.45 * max(len(rows), 1)), dpi=100)
     names = [_short(r["name"], 40) for r in rows][::-1]
     at = np.arange(len(rows))
     bars = ((0.2, "base_perplexity", "base"), (-0.2, "finetuned_perplexity", "fine-tuned"))
@@ -98,9 +88,7 @@ def plot_sources(analysis: dict[str, Any], out: Path) -> None:
     else:
         ax.text(0.5, 0.5, "no test passages scored", ha="center", va="center",
                 transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(out, format="png", metadata={"Software": None})
-    plt.close(fig)
+    charts.save(fig, out)
 
 
 def _short(text: str, limit: int) -> str:

@@ -79,11 +79,11 @@ def example_text(row: Any, mode: str) -> str:
                      for m in conversations.loads(row.conversation)["messages"])
 
 
-def source_key(mode: str, test: pd.DataFrame) -> str:
+def source_key(mode: str, grouped: bool) -> str:
     """What error analysis groups the test rows by: title, group or source."""
     if mode == "text":
         return "title"
-    return "group" if test["group"].astype(bool).any() else "source"
+    return "group" if grouped else "source"
 
 
 def examples(test: pd.DataFrame, mode: str, base: RowLosses, tuned: RowLosses) -> pd.DataFrame:
@@ -118,7 +118,8 @@ def table(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
             for name, row in sums.iterrows()]
 
 
-def extremes(frame: pd.DataFrame, key: str, top: int = TOP) -> dict[str, list[dict[str, Any]]]:
+def extremes(frame: pd.DataFrame, key: str, grouped: bool, top: int = TOP
+             ) -> dict[str, list[dict[str, Any]]]:
     """The rows whose perplexity fell most (largest gain) and rose most, or fell least (largest
     loss), among those scored on at least MIN_TOKENS tokens (all rows when too few are); no row
     is in both lists."""
@@ -129,7 +130,6 @@ def extremes(frame: pd.DataFrame, key: str, top: int = TOP) -> dict[str, list[di
     order = change.sort_values(ascending=False, kind="stable").index
     gains = min(top, (len(order) + 1) // 2)
     losses = min(top, len(order) - gains)
-    grouped = bool((ranked["group"] != NO_GROUP).any())
 
     def rows(index: Any) -> list[dict[str, Any]]:
         return [{"source": str(ranked.at[i, key]),
@@ -160,10 +160,11 @@ def analysis(test: pd.DataFrame, mode: str, base: RowLosses, tuned: RowLosses,
     have groups), with BLEU/ROUGE-L per group where `answered` has them, and the passages with
     the largest gain and loss."""
     frame = examples(test, mode, base, tuned)
-    key = source_key(mode, test)
+    grouped = bool(test["group"].astype(bool).any())
+    key = source_key(mode, grouped)
     tables = {key: table(frame, key)}
-    if key != "group" and test["group"].astype(bool).any():
+    if grouped and key != "group":
         tables["group"] = table(frame, "group")
     for row in tables.get("group", []):
         row |= (answered or {}).get(row["name"], {})
-    return {"by": key, "tables": tables, **extremes(frame, key)}
+    return {"by": key, "tables": tables, **extremes(frame, key, grouped)}

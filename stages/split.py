@@ -54,14 +54,14 @@ def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int,
     return result.groupby(keys.values, sort=False).transform("first")
 
 
-def strata_of(mode: str, doc_ids: list[str], sources: list[str], groups: list[str]
-              ) -> tuple[pd.Series, pd.Series | None]:
-    """What the split stratifies by, and the pools of the strata too small for it. Text: each
-    document (pooled by group, so a group's short documents stay its own); pairs and chat: each
-    group when the records have groups, else each source file."""
+def strata_of(mode: str, units: list[str], groups: list[str]) -> tuple[pd.Series, pd.Series | None]:
+    """What the split stratifies by, and the pools of the strata too small for it, given each
+    row's unit (its document in text mode, else its source file) and group. Text: each document
+    (pooled by group, so a group's short documents stay its own); pairs and chat: each group
+    when the records have groups, else each source file."""
     if mode == "text":
-        return pd.Series(doc_ids), pd.Series(groups) if any(groups) else None
-    return pd.Series(groups if any(groups) else sources), None
+        return pd.Series(units), pd.Series(groups) if any(groups) else None
+    return pd.Series(groups if any(groups) else units), None
 
 
 def row_keys(table: pa.Table, mode: str) -> list[bytes]:
@@ -75,20 +75,20 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
     """Two passes over clean.parquet, one row group at a time: the first reads only the groups
     and text digests to decide every row's split, the second copies each row group's rows into
     the three files. Memory is the digests and ids, not the texts."""
+    unit_column = "doc_id" if params.mode == "text" else "source"
     n_groups = row_groups(paths.clean)
-    sources: list[str] = []
+    units: list[str] = []
     record_groups: list[str] = []
     keys: list[bytes] = []
     doc_ids: list[str] = []
     for i in range(n_groups):
         table = read_row_group(paths.clean, i, list(dict.fromkeys(
-            ["doc_id", "source", "group", *KEY[params.mode]])))
-        sources += table.column("source").to_pylist()
+            [unit_column, "doc_id", "group", *KEY[params.mode]])))
+        units += table.column(unit_column).to_pylist()
         record_groups += table.column("group").to_pylist()
         doc_ids += table.column("doc_id").to_pylist()
         keys += row_keys(table, params.mode)
-    grouped = any(record_groups)
-    strata, pools = strata_of(params.mode, doc_ids, sources, record_groups)
+    strata, pools = strata_of(params.mode, units, record_groups)
     labels = assign(strata, pd.Series(keys), params.split, params.seed, pools).to_numpy()
     counts = Counter(labels.tolist())
     if any(counts[name] == 0 for name in SPLITS):
@@ -116,7 +116,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         name: {"records": counts[name],
                "documents": int(docs.loc[docs["split"] == name, "doc_id"].nunique())}
         for name in SPLITS}
-    if grouped:  # records of each group in each split: the stratification, to check
+    if any(record_groups):  # records of each group in each split: the stratification, to check
         table = pd.crosstab(docs["group"], docs["split"]).reindex(columns=list(SPLITS), fill_value=0)
         summary["groups"] = {str(g): {s: int(n) for s, n in row.items()} for g, row in table.iterrows()}
     return summary

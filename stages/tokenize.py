@@ -187,7 +187,10 @@ def text_split(source: Path, tokenizer: Any, block_size: int, out: ExampleWriter
     first = 0
     for i in range(row_groups(source)):
         texts = read_row_group(source, i, ["text"]).column("text")
-        stream, where = token_rows(texts, tokenizer, first)
+        if rows:
+            stream, where = token_rows(texts, tokenizer, first)
+        else:  # train and val: no rows to keep
+            stream = token_stream(texts, tokenizer)
         first += len(texts)
         blocks = packer.add(stream)
         columns = block_columns(blocks)
