@@ -1,7 +1,7 @@
 """The GGUF export of a model folder in each type, read back by two readers nobody here wrote:
 `uv run --group llamacpp python -m bench.gguf [--model models/finetuned]`.
 
-For f32, f16 and q8_0 it exports the folder (stages.gguf_file, as the export stage does) and
+For f32, f16 and q8_0 it exports the folder (finetune.export.gguf, as the export stage does) and
 reports the file size and export time; through transformers' GGUF loader, the export stage's
 own check (stages.export.compare); through llama.cpp (llama-cpp-python): whether it tokenizes
 the check prompts as the folder's tokenizer does, the largest and mean absolute logit
@@ -75,9 +75,9 @@ def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logi
 
 
 def bench(folder: Path) -> dict[str, Any]:
+    from finetune.export.gguf import GGUF_TYPES, write_gguf
+    from finetune.models.loading import load_model, load_tokenizer
     from stages.export import check_prompts, compare
-    from stages.gguf_file import GGUF_TYPES, write_gguf
-    from stages.models import load_model, load_tokenizer
 
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     model.eval()

@@ -48,7 +48,7 @@ def load_from(path: Path, quick: bool) -> tuple[Any, Any]:
     """The model in `path` and its tokenizer, or (quick) a tiny Llama with that tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from stages.models import load_model, load_tokenizer
+    from finetune.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(path)
     if not quick:
@@ -106,7 +106,7 @@ def train_tokens_per_second(model: Any, tokenizer: Any, dataset: Any, collator: 
 def train_throughput(where: Path, quick: bool, repeats: int) -> dict[str, Any]:
     from transformers import DataCollatorForLanguageModeling
 
-    from stages.models import collator
+    from finetune.models.collators import collator
 
     model, tokenizer = load(where, quick)
     texts = sample_text()

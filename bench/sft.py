@@ -41,8 +41,9 @@ SECTION = ("<!-- sft:start -->", "<!-- sft:end -->")
 def prepare(mode: str, packing: bool, base: Path, where: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The data stages of this pipeline on the example (default params but the mode, the data,
     packing and, for chat, train_on: last): the params, the paths and tokenize's summary."""
+    from finetune.config.schema import Params
+    from finetune.paths import PATHS
     from stages import clean, ingest, split, tokenize
-    from stages.params import PATHS, Params
 
     params = Params.model_validate({
         "mode": mode, "ingest": {"paths": [str(ROOT / DATA[mode])]},
@@ -71,7 +72,7 @@ def ours(model: Any, tokenizer: Any, paths: Any, steps: int, batch: int = BATCH
     import datasets
     from transformers import TrainingArguments
 
-    from stages.models import collator
+    from finetune.models.collators import collator
     from stages.train import packed_trainer
 
     train = datasets.load_from_disk(str(paths.tokenized / "train"))
@@ -89,8 +90,8 @@ def trl_dataset(params: Any, paths: Any, tokenizer: Any) -> Any:
     import datasets
     import pandas as pd
 
-    from stages import conversations
-    from stages.prompts import render_prompts
+    from finetune.data import conversations
+    from finetune.text.prompts import render_prompts
 
     df = pd.read_parquet(paths.split_file("train"))
     if params.mode == "pairs":
@@ -149,7 +150,7 @@ def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path,
                contenders: list[str] | None = None, results: dict[str, Any] | None = None
                ) -> dict[str, Any]:
     """Every contender (or those named, merged into earlier `results`) on one example."""
-    from stages.models import load_tokenizer
+    from finetune.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(base)
     packed_params, packed_paths, summary = prepare(mode, True, base, where / f"{mode}-packed")

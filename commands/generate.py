@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from commands.cli import run_command
-from stages.models import SAMPLING, load_model, load_tokenizer, pick_device
-from stages.params import PATHS, Params, UserError, load
-from stages.prompts import Renderer, RenderError, render_prompts, stop_token_ids
+from finetune.cli import run_command
+from finetune.config.schema import Params, load
+from finetune.errors import UserError
+from finetune.models.loading import SAMPLING, load_model, load_tokenizer, pick_device
+from finetune.paths import PATHS
+from finetune.text.prompts import Renderer, RenderError, render_prompts, stop_token_ids
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from commands.cli import run_command
-from stages.io import read_json, write_json
-from stages.params import PATHS, UserError
-from stages.ratings import CHOICES, summarise, unblind
+from finetune.cli import run_command
+from finetune.errors import UserError
+from finetune.files import read_json, write_json
+from finetune.paths import PATHS
+from finetune.report.ratings import CHOICES, summarise, unblind
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

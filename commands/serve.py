@@ -6,7 +6,7 @@
 It is transformers' own server (`transformers serve`: /v1/chat/completions with and without
 streaming, /v1/completions, /v1/responses), pinned to one model folder, which answers as it was
 trained: the folder's chat template renders a chat request as training rendered its examples
-(stages.prompts.inference), its generation config holds the stop tokens and default sampling.
+(finetune.text.prompts.inference), its generation config holds the stop tokens and default sampling.
 Four things are added here, each missing from `transformers serve` as measured (transformers
 5.23): /v1/models lists the served model (it scans the Hugging Face cache instead, and answers
 500 without one); a malformed request gets a 4xx with an OpenAI-style JSON error, not a 500 from
@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from commands.cli import run_command
-from stages.models import local_model_dir, pick_device
-from stages.params import PATHS, UserError
+from finetune.cli import run_command
+from finetune.errors import UserError
+from finetune.models.loading import local_model_dir, pick_device
+from finetune.paths import PATHS
 
 ROLES = {"system", "user", "assistant", "tool"}
 

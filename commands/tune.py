@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
-from commands import search
-from commands.cli import run_command
-from stages import charts
-from stages.params import Params, UserError, load
+from finetune import search
+from finetune.cli import run_command
+from finetune.config.schema import Params, load
+from finetune.errors import UserError
+from finetune.report import charts
 
 FINISHED = ("COMPLETE", "PRUNED")
 

@@ -14,10 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from stages import conversations
-from stages.io import atomic_output, read_parquet, stage_main
-from stages.models import context_length, save_tokenizer
-from stages.params import PATHS, Params, Paths, ScratchParams, UserError
+from finetune.config.model import ScratchParams
+from finetune.config.schema import Params
+from finetune.data import conversations
+from finetune.errors import UserError
+from finetune.files import atomic_output, read_parquet
+from finetune.models.loading import context_length, save_tokenizer
+from finetune.paths import PATHS, Paths
+from finetune.stage import stage_main
 
 EOS = "<|endoftext|>"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}

@@ -17,19 +17,15 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from stages import conversations
-from stages.io import (
-    ordered_map,
-    parquet_rows,
-    parquet_sink,
-    read_row_group,
-    row_groups,
-    stage_main,
-    string_schema,
-    workers,
-)
-from stages.params import PATHS, CleanParams, Params, Paths, UserError
-from stages.records import KEY, digest
+from finetune.config.clean import CleanParams
+from finetune.config.schema import Params
+from finetune.data import conversations
+from finetune.data.records import KEY, digest
+from finetune.errors import UserError
+from finetune.files import parquet_rows, parquet_sink, read_row_group, row_groups, string_schema
+from finetune.parallel import ordered_map, workers
+from finetune.paths import PATHS, Paths
+from finetune.stage import stage_main
 
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\ufeff]")

@@ -4,7 +4,7 @@ in pairs mode also BLEU and ROUGE-L of greedy answers to the test prompts, in ch
 replies in place of each test conversation's last assistant turn, given the turns before it.
 Both models are also scored on the same tokens of a general-English reference text that is not
 the user's (`evaluate.reference_paths`), which shows what fine-tuning cost. The error analysis
-(stages.scores) breaks the test scores down by source, group and passage. Sample generations for
+(finetune.scoring.scores) breaks the test scores down by source, group and passage. Sample generations for
 `evaluate.prompts` (in chat mode asked as user messages), greedy and sampled. Writes
 metrics/eval.json (the headline figures), metrics/eval_details.json (all of them),
 metrics/eval_analysis.json and metrics/samples.json. Params: `seed`, `mode`, `evaluate`,
@@ -19,20 +19,25 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stages import conversations, scores
-from stages.io import read_parquet, stage_main, write_json
-from stages.models import (
-    SAMPLING,
-    collator,
-    load_model,
-    load_tokenizer,
-    model_inputs,
-    pick_device,
+from finetune.config.evaluate import EvaluateParams
+from finetune.config.schema import Params
+from finetune.data import conversations
+from finetune.errors import UserError
+from finetune.files import read_parquet, write_json
+from finetune.models.collators import collator, model_inputs
+from finetune.models.loading import SAMPLING, load_model, load_tokenizer, pick_device
+from finetune.paths import PATHS, Paths
+from finetune.scoring import scores
+from finetune.scoring.scores import (
+    RowLosses,
+    answer_scores,
+    perplexity,
+    relative_improvement,
+    repetition,
 )
-from stages.packing import pack, token_stream
-from stages.params import PATHS, EvaluateParams, Params, Paths, UserError
-from stages.prompts import Renderer, RenderError, render_prompts, reply_prompt, stop_token_ids
-from stages.scores import RowLosses, answer_scores, perplexity, relative_improvement, repetition
+from finetune.stage import stage_main
+from finetune.text.packing import pack, token_stream
+from finetune.text.prompts import Renderer, RenderError, render_prompts, reply_prompt, stop_token_ids
 
 REFERENCE_SUFFIXES = (".txt", ".md")
 
@@ -98,7 +103,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], p: EvaluateParams, 
              label: str, stop: list[int] | None = None, sampled: bool = False) -> list[str]:
     """Continuations of each prompt, batched, left-padded: greedy (with
     evaluate.repetition_penalty), or `sampled` with the settings `generate` and the exported
-    model use by default (stages.models.SAMPLING; the caller seeds it)."""
+    model use by default (finetune.models.loading.SAMPLING; the caller seeds it)."""
     import torch
 
     tokenizer.padding_side = "left"

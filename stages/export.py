@@ -1,5 +1,5 @@
 """Export models/finetuned for llama.cpp, Ollama and LM Studio: models/export/<name>-<type>.gguf
-(stages.gguf_file) and an Ollama Modelfile beside it (stages.ollama). Before the folder appears,
+(finetune.export.gguf) and an Ollama Modelfile beside it (finetune.export.ollama). Before the folder appears,
 the file is read back by a loader nobody here wrote, transformers' GGUF loader: its tokenizer
 must encode the check prompts as the folder's does, and its logits and greedy continuations are
 compared with the folder's model; metrics/export.json has the figures. Params: `export`."""
@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from stages.gguf_file import write_gguf
-from stages.io import atomic_output, stage_main
-from stages.models import context_length, load_model, load_tokenizer
-from stages.ollama import modelfile
-from stages.params import PATHS, Params, Paths, UserError
+from finetune.config.schema import Params
+from finetune.errors import UserError
+from finetune.export.gguf import write_gguf
+from finetune.export.ollama import modelfile
+from finetune.files import atomic_output
+from finetune.models.loading import context_length, load_model, load_tokenizer
+from finetune.paths import PATHS, Paths
+from finetune.stage import stage_main
 
 # Checked on every export: prose, digits and punctuation, and a chat-rendered request.
 CHECK_PROMPTS = ["The storm came in from the west, and the river rose 3.5 feet by 23:14.",

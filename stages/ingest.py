@@ -25,10 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from stages import conversations
-from stages.conversations import ConversationError
-from stages.io import ordered_map, parquet_sink, stage_main, string_schema, workers
-from stages.params import PATHS, IngestParams, Params, Paths, UserError
+from finetune.config.ingest import IngestParams
+from finetune.config.schema import Params
+from finetune.data import conversations
+from finetune.data.conversations import ConversationError
+from finetune.errors import UserError
+from finetune.files import parquet_sink, string_schema
+from finetune.parallel import ordered_map, workers
+from finetune.paths import PATHS, Paths
+from finetune.stage import stage_main
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
@@ -462,7 +467,7 @@ def pair_row(record: Any, p: IngestParams) -> dict[str, str]:
 
 def chat_row(record: Any, p: IngestParams) -> dict[str, str]:
     """Chat mode: one record (a list of messages, an object with one, or a prompt/response pair)
-    as a conversation in the one form of stages.conversations, stored as JSON."""
+    as a conversation in the one form of finetune.data.conversations, stored as JSON."""
     try:
         if isinstance(record, list):
             conv = conversations.conversation(record)

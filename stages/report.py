@@ -13,12 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from stages import charts
-from stages.io import atomic_output, read_json, stage_main
-from stages.models import SAMPLING
-from stages.params import PATHS, Params, Paths, UserError
-from stages.ratings import NO_RATINGS, current
-from stages.scores import MIN_TOKENS
+from finetune.config.schema import Params
+from finetune.errors import UserError
+from finetune.files import atomic_output, read_json
+from finetune.models.loading import SAMPLING
+from finetune.paths import PATHS, Paths
+from finetune.report import charts
+from finetune.report.ratings import NO_RATINGS, current
+from finetune.scoring.scores import MIN_TOKENS
+from finetune.stage import stage_main
 
 Block = tuple[str, Any]  # ("h2", text) | ("p", text) | ("table", rows) | ("img", path) | ("pre", text)
 

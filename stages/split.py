@@ -12,9 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stages.io import ParquetSink, atomic_output, read_row_group, row_groups, stage_main
-from stages.params import PATHS, SPLITS, Params, Paths, SplitParams, UserError
-from stages.records import KEY, digest
+from finetune.config.schema import Params
+from finetune.config.split import SplitParams
+from finetune.data.records import KEY, digest
+from finetune.errors import UserError
+from finetune.files import ParquetSink, atomic_output, read_row_group, row_groups
+from finetune.paths import PATHS, SPLITS, Paths
+from finetune.stage import stage_main
 
 MIN_PASSAGES = 3  # a document with fewer passages cannot feed all three splits on its own
 POOLED = "\0pooled"  # the group of short documents, split together

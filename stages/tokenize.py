@@ -21,20 +21,17 @@ import pandas as pd
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from stages import conversations
-from stages.io import (
-    atomic_output,
-    parquet_rows,
-    read_row_group,
-    row_groups,
-    stage_main,
-    workers,
-    write_json,
-)
-from stages.models import context_length, load_tokenizer
-from stages.packing import Packer, pack_examples, token_rows, token_stream
-from stages.params import PATHS, SPLITS, Params, Paths, TokenizeParams, UserError
-from stages.prompts import (
+from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
+from finetune.data import conversations
+from finetune.errors import UserError
+from finetune.files import atomic_output, parquet_rows, read_row_group, row_groups, write_json
+from finetune.models.loading import context_length, load_tokenizer
+from finetune.parallel import workers
+from finetune.paths import PATHS, SPLITS, Paths
+from finetune.stage import stage_main
+from finetune.text.packing import Packer, pack_examples, token_rows, token_stream
+from finetune.text.prompts import (
     IGNORE,
     Encoded,
     Renderer,
@@ -79,7 +76,7 @@ def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams) -> Exampl
 
 def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_error: str
                   ) -> Examples:
-    """input_ids and labels of each conversation (stages.prompts.encode_chat), and the positions
+    """input_ids and labels of each conversation (finetune.text.prompts.encode_chat), and the positions
     in `df` of those kept. One the template cannot render faithfully ends the stage with one
     line naming its file and record (`ingest.on_error: fail`) or is skipped and counted by
     reason (`skip`)."""

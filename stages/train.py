@@ -25,19 +25,22 @@ from typing import Any
 
 from transformers import ProgressCallback, TrainerCallback
 
-from stages import progress
-from stages.io import atomic_output, read_json, remove, stage_main, write_json
-from stages.models import (
-    collator,
+from finetune.config.schema import Params
+from finetune.config.train import TrainParams
+from finetune.errors import UserError
+from finetune.files import atomic_output, read_json, remove, write_json
+from finetune.models.collators import collator, model_inputs
+from finetune.models.loading import (
     load_model,
     load_tokenizer,
-    model_inputs,
     pick_device,
     pick_precision,
     save_tokenizer,
     set_inference,
 )
-from stages.params import PATHS, Params, Paths, TrainParams, UserError
+from finetune.paths import PATHS, Paths
+from finetune.stage import stage_main
+from finetune.training import progress
 
 # transformers 5 deprecates `model.is_gradient_checkpointing`, which the training loop still reads
 # (a FutureWarning on every run): nothing a user can act on
@@ -126,7 +129,7 @@ class CompleteCheckpoints(TrainerCallback):
 
 
 def packed_trainer() -> type:
-    """The Trainer, giving packed rows to the model as stages.models.model_inputs says (the
+    """The Trainer, giving packed rows to the model as finetune.models.collators.model_inputs says (the
     attention mask of a packed batch only counts real tokens for tokens/s)."""
     from transformers import Trainer
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stages.params import PATHS, Params, Paths
+from finetune.config.schema import Params
+from finetune.paths import PATHS, Paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
@@ -73,8 +74,8 @@ def run_data_stages(params: Params, paths: Paths) -> None:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     """The tiny text-mode pipeline up to and including train, run once for the session."""
+    from finetune.stage import write_summary
     from stages import train
-    from stages.io import write_summary
 
     root = tmp_path_factory.mktemp("pipeline")
     (root / "raw").mkdir()
@@ -126,8 +127,8 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     its params are also its params.yaml."""
     import yaml
 
+    from finetune.stage import write_summary
     from stages import train
-    from stages.io import write_summary
 
     root = tmp_path_factory.mktemp("chat-pipeline")
     raw = root / "data" / "chat.jsonl"

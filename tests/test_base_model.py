@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import torch
 
+from finetune.config.model import ScratchParams
+from finetune.errors import UserError
+from finetune.models.loading import load_model, load_tokenizer
+from finetune.paths import PATHS
 from stages import base_model
-from stages.models import load_model, load_tokenizer
-from stages.params import PATHS, ScratchParams, UserError
 from tests.conftest import run_data_stages, tiny_params
 
 

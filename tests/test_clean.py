@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from finetune.config.clean import CleanParams
+from finetune.errors import UserError
+from finetune.paths import PATHS
 from stages import clean
-from stages.params import PATHS, CleanParams, UserError
 from tests.conftest import tiny_params
 
 

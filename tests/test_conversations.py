@@ -10,8 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from stages import conversations, ingest
-from stages.params import IngestParams, UserError
+from finetune.config.ingest import IngestParams
+from finetune.data import conversations
+from finetune.errors import UserError
+from stages import ingest
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

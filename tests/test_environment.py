@@ -15,14 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import Params, Paths
+from finetune.config.schema import Params
+from finetune.paths import Paths
 from tests.conftest import BOOK_A, BOOK_B, tiny_params
 
 OUTPUTS = ("data/interim", "data/processed", "data/tokenized", "models/base")
 VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME",
              "TOKENIZERS_PARALLELISM", "LC_ALL", "LANG", "TZ", "PYTHONHASHSEED")
 RUN = ("from stages import ingest, clean, split, base_model, tokenize\n"
-       "from stages.params import load\n"
+       "from finetune.config.schema import load\n"
        "params = load('params.yaml')\n"
        "for stage in (ingest, clean, split, base_model, tokenize):\n"
        "    stage.run(params)\n")

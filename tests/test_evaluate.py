@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+from finetune.config.schema import Params
+from finetune.models.loading import load_model, load_tokenizer
+from finetune.paths import PATHS, Paths
+from finetune.stage import write_summary
 from stages import evaluate, report, train
-from stages.io import write_summary
-from stages.models import load_model, load_tokenizer
-from stages.params import PATHS, Params, Paths
 from tests.conftest import run_data_stages, tiny_params
 
 
@@ -50,7 +51,7 @@ def test_the_losses_per_test_row_add_up_to_the_test_loss(fixture: str,
 
 
 def test_the_reference_text_is_read_and_its_errors_are_one_line(tmp_path: Path) -> None:
-    from stages.params import UserError
+    from finetune.errors import UserError
 
     (tmp_path / "ref").mkdir()
     (tmp_path / "ref" / "b.md").write_text("# B\n\nSecond text.\n")
@@ -71,8 +72,8 @@ def test_the_reference_text_is_read_and_its_errors_are_one_line(tmp_path: Path) 
 def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     import pyarrow as pa
 
-    from stages.metrics import headline
-    from stages.packing import token_stream
+    from finetune.headline import headline
+    from finetune.text.packing import token_stream
 
     params, paths = trained
     summary = evaluate.run(params, paths)
@@ -144,7 +145,7 @@ def test_chat_mode_scores_assistant_tokens_and_replies(trained_chat: tuple[Param
     import datasets
     import pandas as pd
 
-    from stages import conversations
+    from finetune.data import conversations
 
     params, paths = trained_chat
     summary = evaluate.run(params, paths)
@@ -189,7 +190,7 @@ def test_packed_and_padded_test_sets_give_the_same_loss(trained_chat: tuple[Para
 
 def test_generation_stops_at_the_models_own_eos_unless_told_otherwise(
         trained: tuple[Params, Paths]) -> None:
-    from stages.params import EvaluateParams
+    from finetune.config.evaluate import EvaluateParams
 
     _, paths = trained
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
@@ -209,7 +210,7 @@ def test_chat_replies_skip_conversations_with_no_history_or_too_long(
         trained_chat: tuple[Params, Paths]) -> None:
     import pandas as pd
 
-    from stages import conversations
+    from finetune.data import conversations
 
     params, paths = trained_chat
     tokenizer = load_tokenizer(paths.base_model)

@@ -15,12 +15,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
+from finetune.errors import UserError
+from finetune.export.gguf import write_gguf
+from finetune.export.ollama import modelfile, read_template
+from finetune.models.loading import SAMPLING, load_model, load_tokenizer, set_inference
+from finetune.paths import Paths
+from finetune.text.prompts import inference
 from stages import export
-from stages.gguf_file import write_gguf
-from stages.models import SAMPLING, load_model, load_tokenizer, set_inference
-from stages.ollama import modelfile, read_template
-from stages.params import Params, Paths, TokenizeParams, UserError
-from stages.prompts import inference
 from tests.conftest import tiny_params
 
 # the largest absolute logit difference allowed per type, for these tiny models

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from commands import generate
-from stages.models import load_tokenizer
-from stages.params import Params, Paths
+from finetune.config.schema import Params
+from finetune.models.loading import load_tokenizer
+from finetune.paths import Paths
 from tests.conftest import tiny_params
 
 

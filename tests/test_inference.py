@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from transformers import GenerationConfig
 
-from stages.models import SAMPLING, load_tokenizer
-from stages.params import Params, Paths, TokenizeParams
-from stages.prompts import Renderer, inference, render_prompts
+from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
+from finetune.models.loading import SAMPLING, load_tokenizer
+from finetune.paths import Paths
+from finetune.text.prompts import Renderer, inference, render_prompts
 
 HISTORY = [{"role": "user", "content": "Hi, my Aster kettle leaks."},
            {"role": "assistant", "content": "Sorry to hear that! What is your order number?"},

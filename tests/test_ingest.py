@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from finetune.config.ingest import IngestParams
+from finetune.errors import UserError
+from finetune.paths import PATHS
 from stages import ingest
-from stages.params import PATHS, IngestParams, UserError
 from tests.conftest import SHARED_CORPORA, tiny_params
 
 P = IngestParams()
@@ -231,8 +233,8 @@ def test_parquet_with_the_wrong_schema(tmp_path: Path, table: dict, mode: str, m
 
 
 def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
+    from finetune.config.clean import CleanParams
     from stages import clean
-    from stages.params import CleanParams
 
     words = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur")
     line = " ".join(words[i % len(words)] for i in range(8_800_000))  # about 50 MB, no newline

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune.config.schema import Params
+from finetune.paths import PATHS
 from stages import clean, ingest, tokenize, train
-from stages.params import PATHS, Params
 from tests.conftest import BOOK_A, BOOK_B, ROOT, run_data_stages, tiny_params
 from tests.test_pipeline import BIN, GIT_ENV, sh, tiny_project
 
@@ -158,7 +159,7 @@ def test_a_stage_killed_mid_write_leaves_nothing_that_looks_complete(
     cwd = Path.cwd()
     os.chdir(root)
     try:
-        from stages.io import write_json
+        from finetune.files import write_json
 
         summary = stage.run(params, PATHS.under(root))  # the rerun clears the leftovers
         if output.parent.name == "metrics":

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.io import atomic_output
-from stages.models import load_model, pick_device, pick_precision
-from stages.params import UserError
+from finetune.errors import UserError
+from finetune.files import atomic_output
+from finetune.models.loading import load_model, pick_device, pick_precision
 
 
 def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> None:

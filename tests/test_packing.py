@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages import packing, tokenize
-from stages.models import collate_packed, model_inputs
-from stages.params import PATHS
-from stages.prompts import IGNORE, Encoded
+from finetune.models.collators import collate_packed, model_inputs
+from finetune.paths import PATHS
+from finetune.text import packing
+from finetune.text.prompts import IGNORE, Encoded
+from stages import tokenize
 from tests.conftest import run_data_stages, tiny_params
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.params import PATHS, Params, UserError, load, parse
+from finetune.config.schema import Params, load, parse
+from finetune.errors import UserError
+from finetune.paths import PATHS
 from tests.conftest import ROOT
 
 

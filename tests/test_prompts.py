@@ -10,10 +10,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from stages import tokenize
-from stages.models import load_tokenizer
-from stages.params import Params, Paths, TokenizeParams, UserError
-from stages.prompts import (
+from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
+from finetune.errors import UserError
+from finetune.models.loading import load_tokenizer
+from finetune.paths import Paths
+from finetune.text.prompts import (
     IGNORE,
     PLAIN_CHAT_TEMPLATE,
     Renderer,
@@ -22,6 +24,7 @@ from stages.prompts import (
     reply_prompt,
     stop_token_ids,
 )
+from stages import tokenize
 
 CONV = {"messages": [
     {"role": "system", "content": "You are Robin from Fernhill Home support."},
@@ -131,7 +134,7 @@ def test_tool_turns_need_a_template_that_renders_them(smollm2_tokenizer: Any,
 
 def test_tokenize_fails_or_skips_a_conversation_the_template_cannot_render(
         smollm2_tokenizer: Any) -> None:
-    from stages import conversations
+    from finetune.data import conversations
 
     df = pd.DataFrame({"source": ["data/chat.jsonl"] * 2, "position": ["line 1", "line 2"],
                        "conversation": [conversations.dumps(CONV), conversations.dumps(TOOLS)]})
@@ -204,7 +207,7 @@ def test_tool_calls_the_template_drops_are_caught_even_if_the_name_is_in_the_tex
 
 
 def test_templates_that_print_the_date_get_a_fixed_one(smollm2_tokenizer: Any) -> None:
-    from stages.prompts import FIXED_DATE
+    from finetune.text.prompts import FIXED_DATE
 
     template = ("{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}"
                 "{% endif %}Today: {{ date_string }}\n{% for m in messages %}{{ m.content }}\n"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune.report.ratings import NO_RATINGS, current, samples_hash, summarise, unblind, wilson
 from stages import report
-from stages.ratings import NO_RATINGS, current, samples_hash, summarise, unblind, wilson
 from tests.conftest import ROOT
 
 SAMPLES = [{"prompt": f"Prompt {i}", "base": f"base text {i}", "finetuned": f"tuned text {i}"}

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from finetune.config.schema import Params
+from finetune.files import write_json
+from finetune.paths import Paths
+from finetune.report.ratings import summarise
+from finetune.stage import write_summary
 from stages import evaluate, report
-from stages.io import write_json, write_summary
-from stages.params import Params, Paths
-from stages.ratings import summarise
 from tests.conftest import ROOT
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import scores
-from stages.scores import RowLosses
+from finetune.scoring import scores
+from finetune.scoring.scores import RowLosses
 
 
 def test_perplexity_and_improvement_helpers() -> None:

@@ -22,7 +22,8 @@ import openai
 import pytest
 
 from commands import generate
-from stages.params import Params, Paths
+from finetune.config.schema import Params
+from finetune.paths import Paths
 
 PROMPT = "Where is my order FH-1003?"
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from finetune.config.split import SplitParams
+from finetune.errors import UserError
+from finetune.paths import PATHS
 from stages import clean, ingest, split
-from stages.params import PATHS, SplitParams, UserError
 from tests.conftest import tiny_params
 from tests.test_clean import frame
 
@@ -60,7 +62,7 @@ def test_split_with_too_few_records(tmp_path: Path) -> None:
 def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path: Path) -> None:
     import json
 
-    from stages import conversations
+    from finetune.data import conversations
     from tests.conftest import support_conversations
 
     convs = support_conversations(40)

@@ -10,8 +10,11 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from stages import base_model, clean, ingest, io, split, tokenize
-from stages.params import PATHS, SPLITS, Params, Paths, UserError
+from finetune import files
+from finetune.config.schema import Params
+from finetune.errors import UserError
+from finetune.paths import PATHS, SPLITS, Paths
+from stages import base_model, clean, ingest, split, tokenize
 from tests.conftest import BOOK_A, tiny_params
 
 
@@ -46,7 +49,7 @@ def outputs(paths: Paths) -> dict[str, bytes]:
 def test_small_row_groups_give_the_same_rows_blocks_and_counts(
         corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole, whole_summary = run_stages(corpus, tmp_path / "whole", num_proc=1)
-    monkeypatch.setattr(io, "GROUP_BYTES", 1500)
+    monkeypatch.setattr(files, "GROUP_BYTES", 1500)
     streamed, streamed_summary = run_stages(corpus, tmp_path / "streamed", num_proc=1)
 
     assert pq.ParquetFile(whole.clean).num_row_groups == 1
@@ -66,7 +69,7 @@ def test_small_row_groups_give_the_same_rows_blocks_and_counts(
 
 def test_worker_processes_write_the_same_bytes(corpus: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(io, "GROUP_BYTES", 1500)  # clean gets several row groups to spread
+    monkeypatch.setattr(files, "GROUP_BYTES", 1500)  # clean gets several row groups to spread
     one, one_summary = run_stages(corpus, tmp_path / "one", num_proc=1)
     two, two_summary = run_stages(corpus, tmp_path / "two", num_proc=2)
     assert two_summary == one_summary

@@ -10,9 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from stages import packing, tokenize
-from stages.models import load_tokenizer
-from stages.params import PATHS, Params, Paths, TokenizeParams, UserError
+from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
+from finetune.errors import UserError
+from finetune.models.loading import load_tokenizer
+from finetune.paths import PATHS, Paths
+from finetune.text import packing
+from stages import tokenize
 from tests.conftest import run_data_stages, tiny_params
 
 
@@ -109,7 +113,7 @@ def test_packed_chat_rows_say_which_conversation_each_token_came_from(
         trained_chat: tuple[Params, Paths]) -> None:
     import datasets
 
-    from stages.prompts import Renderer
+    from finetune.text.prompts import Renderer
 
     params, paths = trained_chat
     test = datasets.load_from_disk(str(paths.tokenized / "test"))

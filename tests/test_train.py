@@ -16,9 +16,11 @@ import pytest
 import torch
 import yaml
 
+from finetune.config.schema import Params, parse
+from finetune.errors import UserError
+from finetune.models.loading import load_model
+from finetune.paths import PATHS, Paths
 from stages import train
-from stages.models import load_model
-from stages.params import PATHS, Params, Paths, UserError, parse
 from tests.conftest import ROOT
 
 

@@ -14,10 +14,13 @@ import optuna
 import pytest
 import yaml
 
-from commands import search, tune
-from stages import progress
-from stages.metrics import headline
-from stages.params import Distribution, Params, TuneParams, UserError, parse
+from commands import tune
+from finetune import search
+from finetune.config.schema import Params, parse
+from finetune.config.tune import Distribution, TuneParams
+from finetune.errors import UserError
+from finetune.headline import headline
+from finetune.training import progress
 from tests.conftest import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

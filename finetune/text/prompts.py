@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from stages.params import TokenizeParams, UserError
+from finetune.config.tokenize import TokenizeParams
+from finetune.errors import UserError
 
 IGNORE = -100  # label of a token the loss skips
 
@@ -133,7 +134,7 @@ class Renderer:
         own, such as EOS). One whose renderings disagree (history rendered differently from the
         last turn, say) is a RenderError, never a silent mis-mask. Turns starting past
         `char_limit` are not looked at (they cannot fit the block)."""
-        from stages.conversations import trained_turns
+        from finetune.data.conversations import trained_turns
 
         messages, tools = with_system(conv["messages"], self.p), conv.get("tools")
         spans, ends = [], []
@@ -242,7 +243,7 @@ def reply_prompt(conv: dict[str, Any], renderer: Renderer) -> tuple[str, str]:
     """The history before the last trained assistant turn, rendered to ask for that turn, and
     the turn's text: what evaluate scores greedy replies against. A RenderError where there is
     no history before it."""
-    from stages.conversations import trained_turns
+    from finetune.data.conversations import trained_turns
 
     messages = conv["messages"]
     last = trained_turns(messages)[-1]

@@ -123,7 +123,7 @@ def go_template(t: Template) -> str:
 def modelfile(gguf_name: str, tokenizer: Any, generation: Any, context: int) -> tuple[str, str]:
     """The Modelfile text for the GGUF file `gguf_name` beside it, and how its template was
     found ("derived" or "from the GGUF file"). `generation` is the folder's generation config."""
-    from stages.prompts import adds_bos
+    from finetune.text.prompts import adds_bos
 
     bos = tokenizer.bos_token if adds_bos(tokenizer) else None
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
-from stages.params import UserError
+from finetune.errors import UserError
 
 T = TypeVar("T")
 

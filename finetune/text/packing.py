@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stages.prompts import IGNORE, Encoded
+from finetune.text.prompts import IGNORE, Encoded
 
 CHUNK = 4096  # documents per encode_batch call: enough to keep every core busy, bounded memory
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.params import UserError
-from stages.prompts import adds_bos
+from finetune.errors import UserError
+from finetune.text.prompts import adds_bos
 
 # gguf types this exporter writes, with llama.cpp's file-type code for each
 GGUF_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-# what makes two rows duplicates; a conversation is its stored JSON (stages.conversations)
+# what makes two rows duplicates; a conversation is its stored JSON (finetune.data.conversations)
 KEY = {"text": ("text",), "pairs": ("prompt", "response"), "chat": ("conversation",)}
 
 

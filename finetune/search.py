@@ -3,7 +3,7 @@
 Each trial samples the `tune.space` of params.yaml, runs `dvc exp run --temp -n <study>-t<N>
 -S key=value ...` (a full pipeline run in a temporary copy of the repository: upstream stages
 come from the cache, a params combination that already ran from DVC's run cache), feeds the
-validation losses the train stage reports as it goes (stages.progress) to the pruner, and
+validation losses the train stage reports as it goes (finetune.training.progress) to the pruner, and
 returns the objective from the experiment's metrics/train.json. The study lives in Optuna
 storage, so a search that was stopped continues where it was."""
 
@@ -24,8 +24,11 @@ from typing import Any
 
 import yaml
 
-from stages import progress
-from stages.params import PATHS, TUNE_OBJECTIVES, Distribution, Params, Scalar, TuneParams, UserError, parse
+from finetune.config.schema import Params, parse
+from finetune.config.tune import TUNE_OBJECTIVES, Distribution, Scalar, TuneParams
+from finetune.errors import UserError
+from finetune.paths import PATHS
+from finetune.training import progress
 
 TUNE_DIR = Path("tune")  # the default SQLite study, trial logs and progress files (git-ignored)
 REPORT_DIR = Path("reports/tune")  # <study>/: the plots and the table of trials

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import conversations
+from finetune.data import conversations
 
 TOP = 3          # passages shown with the largest gain and with the largest loss
 MIN_TOKENS = 16  # a passage scored on fewer tokens is too noisy to rank (unless all are)

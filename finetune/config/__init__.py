@@ -1,0 +1,2 @@
+"""The params.yaml schema, one module per section, and the loader a stage validates its own sections with."""
+

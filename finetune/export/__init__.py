@@ -1,0 +1,1 @@
+"""The fine-tuned model for other runtimes: GGUF and an Ollama Modelfile."""

@@ -1,0 +1,1 @@
+"""Models and tokenizers: loading, saving, device and precision, batches."""

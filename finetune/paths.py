@@ -1,0 +1,59 @@
+"""Every artifact of the pipeline, relative to the project root, declared once (dvc.yaml names
+the same paths; tests/test_params.py checks that the two agree)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+
+
+class Paths:
+    """Every artifact of the pipeline, relative to the project root; dvc.yaml declares the same
+    paths and tests/test_params.py checks that the two agree."""
+
+    ingested: Path = Path("data/interim/ingested.parquet")
+    clean: Path = Path("data/interim/clean.parquet")
+    processed: Path = Path("data/processed")
+    tokenized: Path = Path("data/tokenized")
+    base_model: Path = Path("models/base")
+    finetuned: Path = Path("models/finetuned")
+    export: Path = Path("models/export")
+    metrics: Path = Path("metrics")
+    train_log: Path = Path("dvclive/train")
+    checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train
+    reports: Path = Path("reports")
+
+    @property
+    def analysis(self) -> Path:
+        """evaluate's error analysis: per source, per group, the largest gains and losses."""
+        return self.metrics / "eval_analysis.json"
+
+    @property
+    def human_eval(self) -> Path:
+        """The blind A/B ratings `uv run rate` writes (git-tracked: a person's judgement)."""
+        return self.metrics / "human_eval.json"
+
+    def details_file(self, name: str) -> Path:
+        """The whole summary of train or evaluate (metrics/<name>.json has the headline)."""
+        return self.metrics / f"{name}_details.json"
+
+    def split_file(self, split: str) -> Path:
+        return self.processed / f"{split}.parquet"
+
+    @property
+    def inference_file(self) -> Path:
+        """How the model is asked at inference (finetune.text.prompts.Inference), written by tokenize."""
+        return self.tokenized / "inference.json"
+
+    def under(self, root: Path) -> Paths:
+        """The same layout below another directory (tests use tmp_path)."""
+        return replace(self, **{f.name: Path(root) / getattr(self, f.name) for f in fields(self)})
+
+
+PATHS = Paths()
+
+
+SPLITS = ("train", "val", "test")

@@ -1,0 +1,1 @@
+"""The report: its charts and the blind ratings it shows."""

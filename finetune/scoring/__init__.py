@@ -1,0 +1,1 @@
+"""Figures of a model on text: losses, perplexity, BLEU/ROUGE-L, the error analysis."""
