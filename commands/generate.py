@@ -6,8 +6,9 @@
     uv run generate --compare "Once upon a time"     # base, then fine-tuned, same settings and seed
     uv run generate --chat --system "You are Robin"  # a multi-turn chat that keeps the history
 
-It reads params.yaml for the mode: in pairs mode the prompt is rendered with the same template
-(or chat template) as training, in chat mode as a user message with the chat template (and
+It asks the model as tokenize said it is to be asked (the model folder's inference.json, else
+data/tokenized/inference.json): in pairs mode the prompt is rendered with the same template (or
+chat template) as training, in chat mode as a user message with the chat template (and
 tokenize.system_prompt), and only the answer is printed."""
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from finetune.cli import run_command
-from finetune.config.schema import Params, load
 from finetune.errors import UserError
-from finetune.models.loading import SAMPLING, load_model, load_tokenizer, pick_device
+from finetune.models.loading import load_model, load_tokenizer, pick_device
 from finetune.paths import PATHS
-from finetune.text.prompts import Renderer, RenderError, render_prompts, stop_token_ids
+from finetune.text.prompts import (
+    SAMPLING,
+    Inference,
+    Renderer,
+    RenderError,
+    inference_for,
+    render_prompts,
+    stop_token_ids,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,14 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the same seed gives the same text (default: random)")
     parser.add_argument("--mode", choices=["text", "pairs", "chat"], default=None,
                         help="text: continue the prompt; pairs: answer it; chat: reply to it as a "
-                        "user message (default: params.yaml)")
+                        "user message (default: the mode the model was trained in)")
     parser.add_argument("--chat", action="store_true",
                         help="an interactive multi-turn chat that keeps the history (chat mode)")
     parser.add_argument("--system", default=None,
                         help="chat mode: the system message (default: tokenize.system_prompt)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params.yaml for the mode and prompt template (default: ./params.yaml)")
+    parser.add_argument("--inference", type=Path, default=None,
+                        help="how to ask the model: an inference.json as tokenize writes it "
+                        f"(default: the model folder's, else {PATHS.inference_file})")
     args = parser.parse_args(argv)
     if args.chat and args.mode not in (None, "chat"):
         parser.error("--chat is a chat-mode session; leave out --mode or use --mode chat")
@@ -64,38 +73,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_params(path: Path) -> Params:
-    """params.yaml if there is one (a missing default file means the defaults)."""
-    if not path.exists() and path == Path("params.yaml"):
-        return Params()
-    return load(path)
-
-
-def render(prompt: str, tokenizer: Any, params: Params, mode: str,
+def render(prompt: str, tokenizer: Any, asking: Inference, mode: str,
            history: list[dict[str, str]] | None = None, system: str | None = None) -> tuple[str, bool]:
     """The text the model sees and whether the tokenizer adds special tokens, as in training.
     In chat mode the prompt is the next user message after `history`."""
     if mode == "chat":
         messages = [*([{"role": "system", "content": system}] if system else []),
                     *(history or []), {"role": "user", "content": prompt}]
-        return Renderer(tokenizer, params.tokenize).prompt(messages), False
+        return Renderer(tokenizer, asking.params).prompt(messages), False
     if mode == "pairs":
-        special = not params.tokenize.use_chat_template
-        return render_prompts([prompt], tokenizer, params.tokenize)[0], special
+        special = not asking.params.use_chat_template
+        return render_prompts([prompt], tokenizer, asking.params)[0], special
     return prompt, False
 
 
 class Generator:
     """One model and its tokenizer, loaded once, generating with fixed sampling settings."""
 
-    def __init__(self, path: Path, args: argparse.Namespace, params: Params, device: str) -> None:
-        self.path, self.args, self.params, self.device = path, args, params, device
-        self.mode = "chat" if args.chat else args.mode or params.mode
+    def __init__(self, path: Path, args: argparse.Namespace, device: str) -> None:
+        self.path, self.args, self.device = path, args, device
+        self.asking = inference_for(path, args.inference)
+        self.mode = "chat" if args.chat else args.mode or self.asking.mode
         self.model = load_model(path, device)
         self.model.eval()
         self.tokenizer = load_tokenizer(path)
         self.history: list[dict[str, str]] = []  # --chat: the conversation so far
-        self.stop = (stop_token_ids(Renderer(self.tokenizer, params.tokenize))
+        self.stop = (stop_token_ids(Renderer(self.tokenizer, self.asking.params))
                      if self.mode == "chat" else None)
 
     def __call__(self, prompt: str, out: TextIO) -> str:
@@ -104,7 +107,7 @@ class Generator:
         import torch
         from transformers import set_seed
 
-        text, special = render(prompt, self.tokenizer, self.params, self.mode, self.history,
+        text, special = render(prompt, self.tokenizer, self.asking, self.mode, self.history,
                                self.args.system)
         inputs = self.tokenizer(text, return_tensors="pt", add_special_tokens=special).to(self.device)
         if self.mode == "text":
@@ -168,10 +171,9 @@ def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.s
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar per model says nothing
-    params = read_params(args.params)
-    device = pick_device(args.device)
+    device = pick_device(args.device, "--device")
     paths = [PATHS.base_model, PATHS.finetuned] if args.compare else [args.model]
-    generators = [Generator(path, args, params, device) for path in paths]
+    generators = [Generator(path, args, device) for path in paths]
     for prompt in prompts(args, stdin, out):
         for generator in generators:
             if args.compare:

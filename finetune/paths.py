@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+INFERENCE_FILE = "inference.json"  # in data/tokenized/ (tokenize) and in models/finetuned/ (train)
+
 
 @dataclass(frozen=True)
 
@@ -32,6 +34,12 @@ class Paths:
         return self.metrics / "eval_analysis.json"
 
     @property
+    def eval_base(self) -> Path:
+        """The base model's figures and generations (evaluate_base), which evaluate sets beside
+        the fine-tuned model's: scored once, not in every experiment."""
+        return self.metrics / "eval_base.json"
+
+    @property
     def human_eval(self) -> Path:
         """The blind A/B ratings `uv run rate` writes (git-tracked: a person's judgement)."""
         return self.metrics / "human_eval.json"
@@ -45,8 +53,8 @@ class Paths:
 
     @property
     def inference_file(self) -> Path:
-        """How the model is asked at inference (finetune.text.prompts.Inference), written by tokenize."""
-        return self.tokenized / "inference.json"
+        """How the model is asked (finetune.text.prompts.Inference), written by tokenize."""
+        return self.tokenized / INFERENCE_FILE
 
     def under(self, root: Path) -> Paths:
         """The same layout below another directory (tests use tmp_path)."""

@@ -178,11 +178,13 @@ def experiment_name(study: str, number: int) -> str:
 
 @dataclass
 class Trial:
-    """One `dvc exp run --temp` of the study, in its own process group."""
+    """One `dvc exp run --temp` of the study, in its own process group: through the train stage
+    (what the objective reads), or the whole pipeline with `tune.score_test`."""
 
     root: Path
     name: str
     values: dict[str, Scalar]
+    through: str | None = "train"  # the stage it runs up to; None: the whole pipeline
     log: Path = field(init=False)
     progress_file: Path = field(init=False)
 
@@ -196,7 +198,8 @@ class Trial:
 
     def command(self) -> list[str]:
         sets = [arg for k, v in self.values.items() for arg in ("-S", f"{k}={yaml_value(v)}")]
-        return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", self.name, *sets]
+        target = [self.through] if self.through else []
+        return [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", self.name, *sets, *target]
 
     def start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, progress.PROGRESS_ENV: str(self.progress_file.resolve()),
@@ -285,7 +288,7 @@ class Objective:
         trial.set_user_attr("host", f"{socket.gethostname()}:{self.root.resolve()}")  # who ran it
         trial.set_user_attr("values", values)  # as run: floats to four significant digits
         self.say(f"trial {trial.number} ({name}): {shown}")
-        run = Trial(self.root, name, values)
+        run = Trial(self.root, name, values, None if self.p.score_test else "train")
         proc = run.start()
         reported: set[int] = set()
         try:

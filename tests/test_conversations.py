@@ -11,9 +11,8 @@ import pandas as pd
 import pytest
 
 from finetune.config.ingest import IngestParams
-from finetune.data import conversations
+from finetune.data import conversations, inputs, readers
 from finetune.errors import UserError
-from stages import ingest
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
@@ -22,11 +21,11 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
-def rows(path: Path, **params: Any) -> tuple[list[dict[str, Any]], ingest.Problems]:
+def rows(path: Path, **params: Any) -> tuple[list[dict[str, Any]], inputs.Problems]:
     """The conversations ingest reads from one file (skip mode), and what it skipped."""
     p = IngestParams(paths=[str(path)], on_error="skip", **params)
-    problems = ingest.Problems("skip")
-    found, _ = ingest.file_rows(path, "chat", p, problems)
+    problems = inputs.Problems("skip")
+    found, _ = readers.file_rows(path, "chat", p, problems)
     return [{**r, "conversation": conversations.loads(r["conversation"])} for r in found], problems
 
 
@@ -90,8 +89,8 @@ def test_pairs_records_are_one_turn_conversations_and_a_folder_can_mix_them(tmp_
     write_jsonl(tmp_path / "data" / "chats.jsonl", [
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]}])
     p = IngestParams(paths=[str(tmp_path / "data")])
-    files, _ = ingest.discover(p.paths, p, ingest.Problems("fail"))
-    df, summary = ingest.ingest(files, "chat", p)
+    files, _ = inputs.discover(p.paths, p, inputs.Problems("fail"))
+    df, summary = readers.ingest(files, "chat", p)
     convs = [conversations.loads(c)["messages"] for c in df["conversation"]]
     assert summary["records"] == 3
     assert convs[1] == [{"role": "user", "content": "Name a fruit\n\nred"},
@@ -123,8 +122,8 @@ def test_long_form_column_names_are_configurable_and_parquet_works(tmp_path: Pat
                      content_field="body")
     assert messages(row) == [("user", "Hi"), ("assistant", "Hello")]
     with pytest.raises(UserError, match=r"no column 'nope' .*set ingest.role_field"):
-        ingest.file_rows(path, "chat", IngestParams(conversation_field="ticket", role_field="nope"),
-                         ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(conversation_field="ticket", role_field="nope"),
+                         inputs.Problems("fail"))
 
 
 def test_parquet_with_a_nested_messages_column(tmp_path: Path) -> None:
@@ -168,7 +167,7 @@ def test_bad_conversations_fail_in_one_line_or_are_skipped_and_counted(
         tmp_path: Path, reason: str, record: dict[str, Any], message: str) -> None:
     path = write_jsonl(tmp_path / "bad.jsonl", [GOOD, record, GOOD])
     with pytest.raises(UserError) as err:
-        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(), inputs.Problems("fail"))
     assert str(err.value).startswith(f"{path.as_posix()}:{message}")
     assert "\n" not in str(err.value)
     found, problems = rows(path)
@@ -180,7 +179,7 @@ def test_a_turn_row_without_conversation_id(tmp_path: Path) -> None:
     path.write_text("conversation_id,turn,role,text\n1,1,user,Hi\n1,2,assistant,Hello\n"
                     ",3,assistant,orphan\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"turns.csv:row 3: no conversation id \('conversation_id'\)"):
-        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(), inputs.Problems("fail"))
     found, problems = rows(path)
     assert len(found) == 1 and problems.skipped == {"missing_conversation_id": 1}
 
@@ -189,14 +188,14 @@ def test_a_table_without_conversation_columns_is_one_line(tmp_path: Path) -> Non
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(UserError, match="no conversation columns"):
-        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(), inputs.Problems("fail"))
 
 
 def test_running_text_is_refused_in_chat_mode(tmp_path: Path) -> None:
     path = tmp_path / "book.txt"
     path.write_text("Once upon a time.", encoding="utf-8")
     with pytest.raises(UserError, match="chat mode needs json, jsonl, csv or parquet"):
-        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(), inputs.Problems("fail"))
 
 
 def test_a_turn_without_its_order_is_reported_not_guessed(tmp_path: Path) -> None:
@@ -204,7 +203,7 @@ def test_a_turn_without_its_order_is_reported_not_guessed(tmp_path: Path) -> Non
     path.write_text("conversation_id,turn,role,text\nA,1,user,q1\nA,,assistant,a1\nA,3,user,q2\n"
                     "A,4,assistant,a2\nB,1,user,hi\nB,2,assistant,hello\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"turns.csv:row 1 \(conversation A\): a turn without its order"):
-        ingest.file_rows(path, "chat", IngestParams(), ingest.Problems("fail"))
+        readers.file_rows(path, "chat", IngestParams(), inputs.Problems("fail"))
     found, problems = rows(path)
     assert [messages(r) for r in found] == [[("user", "hi"), ("assistant", "hello")]]
     assert problems.skipped == {"missing_turn": 1}

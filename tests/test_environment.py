@@ -17,16 +17,14 @@ import yaml
 
 from finetune.config.schema import Params
 from finetune.paths import Paths
-from tests.conftest import BOOK_A, BOOK_B, tiny_params
+from tests.helpers import BOOK_A, BOOK_B, tiny_params
 
 OUTPUTS = ("data/interim", "data/processed", "data/tokenized", "models/base")
 VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME",
              "TOKENIZERS_PARALLELISM", "LC_ALL", "LANG", "TZ", "PYTHONHASHSEED")
 RUN = ("from stages import ingest, clean, split, base_model, tokenize\n"
-       "from finetune.config.schema import load\n"
-       "params = load('params.yaml')\n"
        "for stage in (ingest, clean, split, base_model, tokenize):\n"
-       "    stage.run(params)\n")
+       "    stage.main([])\n")  # as dvc repro runs them, metrics included
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -15,9 +15,11 @@ import torch
 from finetune.config.schema import Params
 from finetune.models.loading import load_model, load_tokenizer
 from finetune.paths import PATHS, Paths
-from finetune.stage import write_summary
-from stages import evaluate, report, train
-from tests.conftest import run_data_stages, tiny_params
+from finetune.scoring import evaluation, reference
+from finetune.text.prompts import read_inference
+from stages import report, train
+from stages.evaluate import HEADLINE as EVAL_HEADLINE
+from tests.helpers import evaluate_models, run_data_stages, run_stage, tiny_params, write_metrics
 
 
 def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -> None:
@@ -26,7 +28,7 @@ def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -
     _, paths = trained
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
-    loss, count, _ = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
+    loss, count, _ = evaluation.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
     ids = torch.tensor(np.array(test["input_ids"]))
     with torch.inference_mode():
         expected = model(input_ids=ids, labels=ids).loss.item()
@@ -44,7 +46,7 @@ def test_the_losses_per_test_row_add_up_to_the_test_loss(fixture: str,
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
     n_rows = len(pd.read_parquet(paths.split_file("test")))
-    loss, count, by_row = evaluate.mean_token_loss(model, test, tokenizer, 3, "cpu", "t", n_rows)
+    loss, count, by_row = evaluation.mean_token_loss(model, test, tokenizer, 3, "cpu", "t", n_rows)
     assert by_row is not None and len(by_row.tokens) == n_rows
     assert by_row.tokens.sum() == count and (by_row.tokens > 0).sum() > 1
     assert by_row.loss.sum() / count == pytest.approx(loss, rel=1e-5)
@@ -57,37 +59,37 @@ def test_the_reference_text_is_read_and_its_errors_are_one_line(tmp_path: Path) 
     (tmp_path / "ref" / "b.md").write_text("# B\n\nSecond text.\n")
     (tmp_path / "ref" / "a.txt").write_text("First text.")
     (tmp_path / "ref" / "notes.json").write_text("{}")
-    assert evaluate.reference_texts([str(tmp_path / "ref")]) == ["First text.", "# B\n\nSecond text."]
-    assert evaluate.reference_texts([]) == []
+    assert reference.reference_texts([str(tmp_path / "ref")]) == ["First text.", "# B\n\nSecond text."]
+    assert reference.reference_texts([]) == []
     with pytest.raises(UserError, match=r"^evaluate.reference_paths: .*/nowhere: no such file"):
-        evaluate.reference_texts([str(tmp_path / "nowhere")])
+        reference.reference_texts([str(tmp_path / "nowhere")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"^evaluate.reference_paths: no .txt or .md file in"):
-        evaluate.reference_texts([str(tmp_path / "empty")])
+        reference.reference_texts([str(tmp_path / "empty")])
     (tmp_path / "ref" / "c.txt").write_bytes(b"caf\xe9")
     with pytest.raises(UserError, match=r"c.txt: cannot be read as UTF-8"):
-        evaluate.reference_texts([str(tmp_path / "ref")])
+        reference.reference_texts([str(tmp_path / "ref")])
 
 
 def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     import pyarrow as pa
 
-    from finetune.headline import headline
+    from finetune.stage import headline
     from finetune.text.packing import token_stream
 
     params, paths = trained
-    summary = evaluate.run(params, paths)
+    summary = evaluate_models(params, paths)
     assert summary["test_tokens"] > 0
     assert summary["finetuned"]["perplexity"] < summary["base"]["perplexity"]
     # the forgetting check: both models on the shipped reference text, the same tokens
     ref = summary["reference"]
-    texts = evaluate.reference_texts(params.evaluate.reference_paths)
+    texts = reference.reference_texts(params.evaluate.reference_paths)
     assert params.evaluate.reference_paths == ["data/reference"] and len(texts) >= 3
     tokens = token_stream(pa.chunked_array([texts], pa.string()), load_tokenizer(paths.base_model))
     assert ref["tokens"] == len(tokens) and ref["words"] > 3000
     assert ref["change"] == pytest.approx(ref["finetuned"]["perplexity"] / ref["base"]["perplexity"] - 1,
                                           abs=1e-5)
-    assert set(headline("eval", summary)) == {"perplexity", "improvement", "ref_perplexity",
+    assert set(headline(EVAL_HEADLINE, summary)) == {"perplexity", "improvement", "ref_perplexity",
                                               "ref_base", "ref_change"}
     analysis = json.loads(paths.analysis.read_text())
     assert analysis["by"] == "title"
@@ -101,11 +103,11 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     for name in ("base", "finetuned"):  # five new tokens: maybe too few words for a 3-gram
         for key in ("repetition", "repetition_sampled"):
             assert summary[name][key] is None or 0 <= summary[name][key] <= 1, (name, key)
-    assert evaluate.run(params, paths)["finetuned"] == summary["finetuned"], "seeded: the same again"
+    assert evaluate_models(params, paths)["finetuned"] == summary["finetuned"], "seeded: the same again"
     assert json.loads((paths.metrics / "samples.json").read_text()) == samples
-    write_summary("eval", summary, paths)
-    write_summary("train", train.run(params, paths), paths)
-    report.run(params, paths)
+    write_metrics("eval", summary, paths)
+    write_metrics("train", run_stage(train, params, paths), paths)
+    run_stage(report, params, paths)
     md = (paths.reports / "report.md").read_text()
     assert "| finetuned |" in md and "![loss curves](loss.png)" in md and "The miller" in md
     assert "as `generate` samples them" in md and "temperature 0.8, top p 0.95" in md
@@ -116,10 +118,10 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     assert (paths.reports / "sources.png").read_bytes()[:4] == b"\x89PNG"
     off = params.model_copy(update={"evaluate": params.evaluate.model_copy(
         update={"reference_paths": []})})
-    without = evaluate.run(off, paths)
+    without = evaluate_models(off, paths)
     assert "reference" not in without and without["finetuned"] == summary["finetuned"]
-    write_summary("eval", without, paths)
-    report.run(off, paths)
+    write_metrics("eval", without, paths)
+    run_stage(report, off, paths)
     assert "No reference text was scored" in (paths.reports / "report.md").read_text()
     page = (paths.reports / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
@@ -136,8 +138,8 @@ def test_pairs_mode_end_to_end_in_process(tmp_path: Path, pairs_file: Path) -> N
     example = datasets.load_from_disk(str(paths.tokenized / "train"))[0]
     masked = sum(1 for t in example["labels"] if t == -100)
     assert 0 < masked < len(example["labels"])
-    train.run(params, paths)
-    summary = evaluate.run(params, paths)
+    run_stage(train, params, paths)
+    summary = evaluate_models(params, paths)
     assert {"bleu", "rougeL"} <= set(summary["finetuned"])
 
 
@@ -148,7 +150,7 @@ def test_chat_mode_scores_assistant_tokens_and_replies(trained_chat: tuple[Param
     from finetune.data import conversations
 
     params, paths = trained_chat
-    summary = evaluate.run(params, paths)
+    summary = evaluate_models(params, paths)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
     assistant_tokens = sum(sum(1 for t in row if t != -100) for row in test["labels"])
     assert summary["test_tokens"] == assistant_tokens > 0  # the answer tokens only, both models
@@ -160,7 +162,7 @@ def test_chat_mode_scores_assistant_tokens_and_replies(trained_chat: tuple[Param
     # what the models were asked: each test conversation up to its last assistant turn
     tokenizer = load_tokenizer(paths.base_model)
     tests = pd.read_parquet(paths.split_file("test"))
-    asked = evaluate.Asked(params, tokenizer, tests)
+    asked = evaluation.Asked(read_inference(paths.inference_file), params.evaluate.prompts, tokenizer, tests)
     last = [conversations.loads(c)["messages"][-1]["content"] for c in tests["conversation"]]
     assert asked.references == last and len(asked.prompts) == len(tests)
     assert all(p.endswith("### Assistant:\n") for p in asked.prompts + asked.samples)
@@ -180,9 +182,9 @@ def test_packed_and_padded_test_sets_give_the_same_loss(trained_chat: tuple[Para
     for name in ("processed", "base_model"):
         getattr(padded_paths, name).parent.mkdir(parents=True, exist_ok=True)
         getattr(padded_paths, name).symlink_to(getattr(paths, name))
-    tokenize.run(padded_params, padded_paths)
+    run_stage(tokenize, padded_params, padded_paths)
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
-    results = [evaluate.mean_token_loss(model, datasets.load_from_disk(str(p.tokenized / "test")),
+    results = [evaluation.mean_token_loss(model, datasets.load_from_disk(str(p.tokenized / "test")),
                                         tokenizer, 4, "cpu", "t") for p in (paths, padded_paths)]
     assert results[0][1] == results[1][1]
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)
@@ -200,9 +202,9 @@ def test_generation_stops_at_the_models_own_eos_unless_told_otherwise(
         greedy = int(model(**first).logits[0, -1].argmax())
     model.generation_config.eos_token_id = greedy  # the first token it would write ends it
     one = tokenizer.decode([greedy]).strip()
-    assert evaluate.generate(model, tokenizer, ["The miller"], p, "cpu", "t") == [one]
+    assert evaluation.generate(model, tokenizer, ["The miller"], p, "cpu", "t") == [one]
     other = next(i for i in range(len(tokenizer)) if i != greedy)
-    longer = evaluate.generate(model, tokenizer, ["The miller"], p, "cpu", "t", stop=[other])[0]
+    longer = evaluation.generate(model, tokenizer, ["The miller"], p, "cpu", "t", stop=[other])[0]
     assert longer.startswith(one) and len(longer) > len(one)
 
 
@@ -220,5 +222,5 @@ def test_chat_replies_skip_conversations_with_no_history_or_too_long(
     long = {"messages": [{"role": "user", "content": "word " * 500},
                          {"role": "assistant", "content": "ok"}]}
     tests = pd.DataFrame({"conversation": [conversations.dumps(c) for c in (ok, greeting, long)]})
-    asked = evaluate.Asked(params, tokenizer, tests)
+    asked = evaluation.Asked(read_inference(paths.inference_file), params.evaluate.prompts, tokenizer, tests)
     assert asked.references == ["Hello"] and len(asked.prompts) == 1

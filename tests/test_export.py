@@ -5,6 +5,7 @@ rendering as the folder's chat template does."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -18,13 +19,14 @@ from transformers import AutoTokenizer, GenerationConfig
 from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
+from finetune.export import check
 from finetune.export.gguf import write_gguf
 from finetune.export.ollama import modelfile, read_template
-from finetune.models.loading import SAMPLING, load_model, load_tokenizer, set_inference
+from finetune.models.loading import load_model, load_tokenizer, set_inference
 from finetune.paths import Paths
-from finetune.text.prompts import inference
+from finetune.text.prompts import SAMPLING, inference
 from stages import export
-from tests.conftest import tiny_params
+from tests.helpers import run_stage, tiny_params
 
 # the largest absolute logit difference allowed per type, for these tiny models
 TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 0.25}
@@ -35,7 +37,7 @@ def sha(path: Path) -> str:
 
 
 def read_back(path: Path) -> Any:
-    return export.read_back(path)[0]
+    return check.read_back(path)[0]
 
 
 def logits(model: Any, ids: list[int]) -> torch.Tensor:
@@ -62,8 +64,7 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any)
     smollm2_tokenizer.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)  # a copy: the session's stays as it is
     asked = inference(tokenizer, "chat", TokenizeParams(system_prompt="You are Robin."))
-    set_inference(model, tokenizer, {"chat_template": asked.chat_template,
-                                     "stop_token_ids": asked.stop_token_ids})
+    set_inference(model, tokenizer, dataclasses.asdict(asked))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -80,13 +81,13 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")
-    back, read_tokenizer = export.read_back(written.path)  # the tokenizer as the file has it
+    back, read_tokenizer = check.read_back(written.path)  # the tokenizer as the file has it
     assert back.config.num_key_value_heads == 2 and back.config.tie_word_embeddings
     ids = tokenizer("The storm came in from the west at 23:14, and", add_special_tokens=False)["input_ids"]
     diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
     assert diff <= TOLERANCE[kind], f"{kind}: max logit difference {diff}"
     if kind != "q8_0":
-        assert export.greedy(model, ids, 12) == export.greedy(back, ids, 12)
+        assert check.greedy(model, ids, 12) == check.greedy(back, ids, 12)
     # the tokenizer and its chat template travel inside the file
     probe = "<|im_start|>user\nHi 23:14"
     assert read_tokenizer(probe)["input_ids"] == tokenizer(probe)["input_ids"]
@@ -103,7 +104,7 @@ def test_gpt2_export_reads_back_and_is_the_same_bytes_every_time(
     back = read_back(first.path)
     ids = tokenizer("The miller counted sacks", add_special_tokens=False)["input_ids"]
     assert (logits(model, ids) - logits(back, ids)).abs().max().item() <= TOLERANCE["f16"]
-    assert export.greedy(model, ids, 8) == export.greedy(back, ids, 8)
+    assert check.greedy(model, ids, 8) == check.greedy(back, ids, 8)
 
 
 def test_another_architecture_ends_in_one_line_naming_it(tmp_path: Path,
@@ -125,7 +126,7 @@ def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, 
     root = tmp_path / "project"
     local = Paths().under(root)
     shutil.copytree(paths.finetuned, local.finetuned)
-    summary = export.run(tiny_params(export={"gguf_type": "q8_0", "name": "tiny"}), local)
+    summary = run_stage(export, tiny_params(export={"gguf_type": "q8_0", "name": "tiny"}), local)
     gguf = local.export / "tiny-q8_0.gguf"
     assert summary["file"] == str(gguf) and summary["bytes"] == gguf.stat().st_size
     check = summary["check"]
@@ -141,7 +142,7 @@ def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
         trained: tuple[Params, Paths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = Paths().under(tmp_path)
     shutil.copytree(trained[1].finetuned, local.finetuned)
-    export.run(tiny_params(export={"name": "tiny"}), local)
+    run_stage(export, tiny_params(export={"name": "tiny"}), local)
     before = {p.name: sha(p) for p in local.export.iterdir()}
 
     def broken(path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
 
     monkeypatch.setattr(export, "compare", broken)
     with pytest.raises(UserError, match="does not read back as the model it was written from"):
-        export.run(tiny_params(export={"name": "other"}), local)
+        run_stage(export, tiny_params(export={"name": "other"}), local)
     assert {p.name: sha(p) for p in local.export.iterdir()} == before
     assert sorted(p.name for p in local.export.parent.iterdir()) == ["export", "finetuned"]
 

@@ -3,20 +3,22 @@ prompts, interactive mode, and the installed console script."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from commands import generate
 from finetune.config.schema import Params
+from finetune.config.tokenize import TokenizeParams
 from finetune.models.loading import load_tokenizer
 from finetune.paths import Paths
-from tests.conftest import tiny_params
+from finetune.text.prompts import inference
 
 
 class Recorder(io.StringIO):
@@ -66,13 +68,13 @@ def test_compare_runs_base_then_finetuned_with_the_same_settings(project: Path) 
 
 
 def test_pairs_mode_renders_the_training_template_and_prints_only_the_answer(project: Path) -> None:
-    params = tiny_params(mode="pairs", tokenize={"prompt_template": "Q: {prompt}\nA:"})
-    (project / "pairs.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     tokenizer = load_tokenizer(project / "models" / "finetuned")
-    assert generate.render("How many sacks?", tokenizer, params, "pairs") == (
+    asking = inference(tokenizer, "pairs", TokenizeParams(prompt_template="Q: {prompt}\nA:"))
+    (project / "pairs.json").write_text(json.dumps(dataclasses.asdict(asking)))
+    assert generate.render("How many sacks?", tokenizer, asking, "pairs") == (
         "Q: How many sacks?\nA:", True)
-    assert generate.render("How many sacks?", tokenizer, params, "text") == ("How many sacks?", False)
-    answer = run("How many sacks?", "--params", "pairs.yaml", "--seed", "1").getvalue()
+    assert generate.render("How many sacks?", tokenizer, asking, "text") == ("How many sacks?", False)
+    answer = run("How many sacks?", "--inference", "pairs.json", "--seed", "1").getvalue()
     assert answer.strip() and not answer.startswith("How many sacks?")
 
 
@@ -109,13 +111,12 @@ def chat_project(trained_chat: tuple[Params, Paths], monkeypatch: pytest.MonkeyP
 def test_chat_session_keeps_the_history(chat_project: Path) -> None:
     args = generate.parse_args(["--chat", "--system", "You are Robin.", "--temperature", "0",
                                 "--max-new-tokens", "6"])
-    params = generate.read_params(Path("params.yaml"))
-    bot = generate.Generator(Path("models/finetuned"), args, params, "cpu")
+    bot = generate.Generator(Path("models/finetuned"), args, "cpu")
     first = bot("Where is my order FH-1001?", io.StringIO())
     second = bot("Can I return it?", io.StringIO())
     assert [m["role"] for m in bot.history] == ["user", "assistant"] * 2
     assert bot.history[1]["content"] == first.strip() and bot.history[3]["content"] == second.strip()
-    text, _ = generate.render("And now?", bot.tokenizer, params, "chat", bot.history, "You are Robin.")
+    text, _ = generate.render("And now?", bot.tokenizer, bot.asking, "chat", bot.history, "You are Robin.")
     assert text.startswith("You are Robin.\n\n### User:\nWhere is my order FH-1001?")
     assert "### User:\nCan I return it?" in text and text.endswith("### User:\nAnd now?\n\n### Assistant:\n")
     # the same session through the command, with piped input

@@ -11,9 +11,9 @@ from transformers import GenerationConfig
 
 from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
-from finetune.models.loading import SAMPLING, load_tokenizer
+from finetune.models.loading import load_tokenizer
 from finetune.paths import Paths
-from finetune.text.prompts import Renderer, inference, render_prompts
+from finetune.text.prompts import SAMPLING, Renderer, inference, render_prompts
 
 HISTORY = [{"role": "user", "content": "Hi, my Aster kettle leaks."},
            {"role": "assistant", "content": "Sorry to hear that! What is your order number?"},

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from finetune.config.ingest import IngestParams
+from finetune.data import cleaning, inputs, readers
 from finetune.errors import UserError
 from finetune.paths import PATHS
 from stages import ingest
-from tests.conftest import SHARED_CORPORA, tiny_params
+from tests.helpers import SHARED_CORPORA, run_stage, tiny_params
 
 P = IngestParams()
 SKIP = IngestParams(on_error="skip")
@@ -27,9 +28,9 @@ def write(path: Path, content: str | bytes) -> Path:
     return path
 
 
-def discover(entries: list[str], p: IngestParams = P) -> tuple[list[Path], ingest.Problems]:
-    problems = ingest.Problems(p.on_error)
-    files, _ = ingest.discover(entries, p, problems)
+def discover(entries: list[str], p: IngestParams = P) -> tuple[list[Path], inputs.Problems]:
+    problems = inputs.Problems(p.on_error)
+    files, _ = inputs.discover(entries, p, problems)
     return files, problems
 
 
@@ -38,8 +39,8 @@ def test_discover_sorts_files_from_dirs_and_globs_and_skips_unsupported(tmp_path
     write(tmp_path / "b" / "a.md", "a")
     write(tmp_path / "b" / "image.png", b"\x89PNG")
     write(tmp_path / "c.jsonl", "{}")
-    problems = ingest.Problems("fail")
-    found, ignored = ingest.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"),
+    problems = inputs.Problems("fail")
+    found, ignored = inputs.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"),
                                       str(tmp_path / "b")], P, problems)
     assert [p.name for p in found] == ["a.md", "z.txt", "c.jsonl"]
     assert ignored == 2  # image.png, seen through both entries naming b/
@@ -109,14 +110,14 @@ def test_symlinks_inside_the_given_paths_and_loops(tmp_path: Path) -> None:
 
 
 def test_text_document_title_from_heading_else_file_name() -> None:
-    assert ingest.text_document(Path("x/book.md"), "intro\n\n## Chapter One ##\ntext")["title"] \
+    assert readers.text_document(Path("x/book.md"), "intro\n\n## Chapter One ##\ntext")["title"] \
         == "Chapter One"
-    assert ingest.text_document(Path("x/plain-book.txt"), "no heading here")["title"] \
+    assert readers.text_document(Path("x/plain-book.txt"), "no heading here")["title"] \
         == "plain-book"
 
 
 def test_html_keeps_visible_text_only() -> None:
-    title, text = ingest.html_text(
+    title, text = readers.html_text(
         "<html><head><title>My  Page</title><style>p{color:red}</style></head>"
         "<body><script>var x = 1;</script><h1>Hello</h1><p>One &amp; two</p></body></html>")
     assert title == "My Page"
@@ -125,7 +126,7 @@ def test_html_keeps_visible_text_only() -> None:
 
 
 def run_ingest(files: list[Path], mode: str = "text", p: IngestParams = P) -> tuple[pd.DataFrame, dict]:
-    return ingest.ingest(files, mode, p)
+    return readers.ingest(files, mode, p)
 
 
 def test_every_record_format_in_text_mode(tmp_path: Path) -> None:
@@ -146,9 +147,9 @@ def test_every_record_format_in_text_mode(tmp_path: Path) -> None:
 
 
 def test_doc_id_is_stable_and_depends_on_source_and_position() -> None:
-    assert ingest.doc_id("a.txt", "") == ingest.doc_id("a.txt", "")
-    assert len({ingest.doc_id("a.txt", ""), ingest.doc_id("b.txt", ""),
-                ingest.doc_id("a.txt", "line 2")}) == 3
+    assert readers.doc_id("a.txt", "") == readers.doc_id("a.txt", "")
+    assert len({readers.doc_id("a.txt", ""), readers.doc_id("b.txt", ""),
+                readers.doc_id("a.txt", "line 2")}) == 3
 
 
 @pytest.mark.parametrize(("record", "expected"), [
@@ -158,7 +159,7 @@ def test_doc_id_is_stable_and_depends_on_source_and_position() -> None:
     ({"instruction": "Say hi", "input": "", "output": "hi"}, ("Say hi", "hi")),
 ])
 def test_pair_fields_are_detected(record: dict, expected: tuple[str, str]) -> None:
-    row = ingest.pair_row(record, P)
+    row = readers.pair_row(record, P)
     assert (row["prompt"], row["response"]) == expected
 
 
@@ -234,7 +235,6 @@ def test_parquet_with_the_wrong_schema(tmp_path: Path, table: dict, mode: str, m
 
 def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
     from finetune.config.clean import CleanParams
-    from stages import clean
 
     words = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur")
     line = " ".join(words[i % len(words)] for i in range(8_800_000))  # about 50 MB, no newline
@@ -243,7 +243,7 @@ def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
                                                        json.dumps({"text": line}))]
     df, summary = run_ingest(files)
     assert summary["records"] == 2 and df["text"].str.len().min() == len(line)
-    out, dropped = clean.clean_text_rows(df, CleanParams(max_chars=2000, dedupe=False))
+    out, dropped = cleaning.clean_text_rows(df, CleanParams(max_chars=2000, dedupe=False))
     lengths = out["text"].str.len()
     assert lengths.max() <= 2000 and lengths.sum() > 2 * 0.99 * len(line)
     assert len(out) >= 2 * len(line) // 2000 and not dropped
@@ -253,12 +253,12 @@ def test_run_counts_ignored_files_and_fails_when_nothing_is_usable(tmp_path: Pat
     write(tmp_path / "raw" / "book.txt", "A book of some length.")
     write(tmp_path / "raw" / "cover.jpg", b"\xff\xd8")
     paths = PATHS.under(tmp_path)
-    summary = ingest.run(tiny_params(ingest={"paths": [str(tmp_path / "raw")]}), paths)
+    summary = run_stage(ingest, tiny_params(ingest={"paths": [str(tmp_path / "raw")]}), paths)
     assert summary["records"] == 1 and summary["ignored_files"] == 1
     write(tmp_path / "bad" / "broken.jsonl", "{not json\n")
     with pytest.raises(UserError, match=r"no usable records in 1 file\(s\) \(skipped: "
                                         r"\{'invalid_json': 1\}\)"):
-        ingest.run(tiny_params(ingest={"paths": [str(tmp_path / "bad")], "on_error": "skip"}),
+        run_stage(ingest, tiny_params(ingest={"paths": [str(tmp_path / "bad")], "on_error": "skip"}),
                    paths)
 
 
@@ -278,7 +278,7 @@ def test_bom_is_tolerated_and_fallback_encoding_is_used(tmp_path: Path) -> None:
 
 def test_run_writes_parquet_and_summary(tmp_path: Path, books: Path) -> None:
     paths = PATHS.under(tmp_path)
-    summary = ingest.run(tiny_params(ingest={"paths": [str(books)]}), paths)
+    summary = run_stage(ingest, tiny_params(ingest={"paths": [str(books)]}), paths)
     df = pd.read_parquet(paths.ingested)
     assert list(df.columns) == ["doc_id", "source", "group", "title", "text"]
     assert df["title"].tolist() == ["harbour", "The Mill"]
@@ -291,15 +291,15 @@ def test_shared_corpus_with_one_non_utf8_file() -> None:
         pytest.skip("../shared/corpora is not present (CI-only corpus)")
     files, _ = discover([str(corpus)])
     with pytest.raises(UserError, match="invalid UTF-8"):
-        ingest.ingest(files, "text", P)
-    df, summary = ingest.ingest(files, "text", IngestParams(encoding_fallback="latin-1"))
+        readers.ingest(files, "text", P)
+    df, summary = readers.ingest(files, "text", IngestParams(encoding_fallback="latin-1"))
     assert summary["skipped"] == 0 and len(df) == len(files)
 
 
 def test_a_folder_that_cannot_be_listed_is_reported_not_skipped_silently(tmp_path: Path) -> None:
     # os.walk skips unreadable folders without a word by default; ingest reports them
-    [problem] = ingest._walk(tmp_path / "gone", follow_symlinks=False)
-    assert isinstance(problem, ingest.BadInput) and problem.reason == "unreadable"
+    [problem] = inputs._walk(tmp_path / "gone", follow_symlinks=False)
+    assert isinstance(problem, inputs.BadInput) and problem.reason == "unreadable"
     assert problem.where == str(tmp_path / "gone") and "cannot be read" in str(problem)
 
 
@@ -335,9 +335,9 @@ def test_a_group_field_no_record_has_is_one_line(tmp_path: Path) -> None:
                                                "group_field": "intent"})
     with pytest.raises(UserError, match=r"b.csv: no column 'intent' \(it has: prompt, response\); "
                                         r"set ingest.group_field"):
-        ingest.run(params, PATHS.under(tmp_path))
+        run_stage(ingest, params, PATHS.under(tmp_path))
     params = params.model_copy(update={"ingest": params.ingest.model_copy(
         update={"paths": [str(tmp_path / "data" / "a.jsonl")]})})
     with pytest.raises(UserError, match=r"^ingest.group_field: no record has a 'intent' field"):
-        ingest.run(params, PATHS.under(tmp_path))
+        run_stage(ingest, params, PATHS.under(tmp_path))
     assert not PATHS.under(tmp_path).ingested.exists()

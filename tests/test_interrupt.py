@@ -17,14 +17,24 @@ import yaml
 
 from finetune.config.schema import Params
 from finetune.paths import PATHS
+from finetune.training import trainer
 from stages import clean, ingest, tokenize, train
-from tests.conftest import BOOK_A, BOOK_B, ROOT, run_data_stages, tiny_params
-from tests.test_pipeline import BIN, GIT_ENV, sh, tiny_project
+from tests.helpers import (
+    BIN,
+    BOOK_A,
+    BOOK_B,
+    GIT_ENV,
+    ROOT,
+    clone_of,
+    run_data_stages,
+    run_stage,
+    sh,
+    tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 
-RESUMABLE = {"train": {"max_steps": 120, "save_steps": 10, "eval_steps": 40,
-                       "logging_steps": 10}}
+RESUMABLE = {"max_steps": 60, "save_steps": 10, "eval_steps": 20, "logging_steps": 10}
 
 
 def kill_when(process: subprocess.Popen, ready: callable, timeout: float = 300) -> None:
@@ -39,9 +49,14 @@ def kill_when(process: subprocess.Popen, ready: callable, timeout: float = 300) 
 
 
 @pytest.fixture
-def resumable(tmp_path: Path) -> Path:
-    """This project in a fresh git repository, with tiny params and a checkpoint every 10 steps."""
-    return tiny_project(tmp_path / "project", RESUMABLE)
+def resumable(pipeline: Path, tmp_path: Path) -> Path:
+    """A clone of the built tiny pipeline (its data stages done) that trains longer, with a
+    checkpoint every 10 steps."""
+    project = clone_of(pipeline, tmp_path / "project")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(RESUMABLE)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
 
 
 def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
@@ -49,20 +64,20 @@ def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
     checkpoints = resumable / PATHS.checkpoints
     env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     with open(resumable / "killed.log", "w") as log:
-        run = subprocess.Popen(["dvc", "repro"], cwd=resumable, env=env, stdout=log,
+        run = subprocess.Popen(["dvc", "repro", "train"], cwd=resumable, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
         kill_when(run, lambda: any(checkpoints.glob("checkpoint-*/COMPLETE")))
     assert not (resumable / PATHS.finetuned).exists()
 
-    resumed = sh(resumable, "dvc", "repro").stdout
+    resumed = sh(resumable, "dvc", "repro", "train").stdout
     step = int(resumed.split("train: resuming from models/checkpoints/checkpoint-")[1].split()[0])
-    assert 10 <= step < 120
+    assert 10 <= step < 60
     after_resume = json.loads((resumable / PATHS.details_file("train")).read_text())
-    assert after_resume["resumed_from_step"] == step and after_resume["steps"] == 120
+    assert after_resume["resumed_from_step"] == step and after_resume["steps"] == 60
     assert not checkpoints.exists(), "train.keep_checkpoints is false: removed after the run"
     eval_log = (resumable / PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv")
     assert [line.split("\t")[0] for line in eval_log.read_text().splitlines()[1:4]] == \
-        ["0", "40", "80"], "the log holds the steps before the checkpoint too, once each"
+        ["0", "20", "40"], "the log holds the steps before the checkpoint too, once each"
 
     sh(resumable, "dvc", "repro", "--force", "--single-item", "train")  # uninterrupted
     uninterrupted = json.loads((resumable / PATHS.details_file("train")).read_text())
@@ -75,21 +90,23 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
     params, paths = trained
     keep = params.model_copy(update={"train": params.train.model_copy(
         update={"save_steps": 2, "keep_checkpoints": True})})
-    train.run(keep, paths)
+    run_stage(train, keep, paths)
     assert sorted(c.name for c in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
-    run_file = paths.checkpoints / train.RUN_FILE
+    run_file = paths.checkpoints / trainer.RUN_FILE
     assert json.loads(run_file.read_text())["finished"], "kept, but never resumed"
-    assert train.run(keep, paths)["resumed_from_step"] == 0  # a finished run: started afresh
+    assert run_stage(train, keep, paths)["resumed_from_step"] == 0  # a finished run: started afresh
     changed = keep.model_copy(update={"train": keep.train.model_copy(
         update={"learning_rate": 5.0e-4})})
-    run_file.write_text(json.dumps({"fingerprint": train.fingerprint(keep, paths)}))  # unfinished
-    summary = train.run(changed, paths)
+    unfinished = {"fingerprint": trainer.fingerprint(keep.seed, keep.train, paths)}
+    run_file.write_text(json.dumps(unfinished))
+    summary = run_stage(train, changed, paths)
     assert summary["resumed_from_step"] == 0  # other params: started afresh
-    run_file.write_text(json.dumps({"fingerprint": train.fingerprint(changed, paths)}))
-    (paths.checkpoints / "checkpoint-4" / train.COMPLETE).unlink()  # as if killed mid-save
-    assert train.resume_point(paths.checkpoints, train.fingerprint(changed, paths)) is None
+    changed_id = trainer.fingerprint(changed.seed, changed.train, paths)
+    run_file.write_text(json.dumps({"fingerprint": changed_id}))
+    (paths.checkpoints / "checkpoint-4" / trainer.COMPLETE).unlink()  # as if killed mid-save
+    assert trainer.resume_point(paths.checkpoints, changed_id) is None
     assert not (paths.checkpoints / "checkpoint-4").exists() and run_file.is_file()
-    train.run(params, paths)
+    run_stage(train, params, paths)
     assert not paths.checkpoints.exists()
 
 
@@ -161,7 +178,7 @@ def test_a_stage_killed_mid_write_leaves_nothing_that_looks_complete(
     try:
         from finetune.files import write_json
 
-        summary = stage.run(params, PATHS.under(root))  # the rerun clears the leftovers
+        summary = run_stage(stage, params, PATHS.under(root))  # the rerun clears the leftovers
         if output.parent.name == "metrics":
             write_json(summary, final)
     finally:

@@ -15,7 +15,7 @@ from finetune.paths import PATHS
 from finetune.text import packing
 from finetune.text.prompts import IGNORE, Encoded
 from stages import tokenize
-from tests.conftest import run_data_stages, tiny_params
+from tests.helpers import run_data_stages, run_stage, tiny_params
 
 
 def test_best_fit_decreasing_fills_the_tightest_bin() -> None:
@@ -108,7 +108,7 @@ def test_tokenize_chat_packed_or_padded(tmp_path: Path, chat_file: Path, packing
                          tokenize={"block_size": 96, "packing": packing})
     paths = PATHS.under(tmp_path)
     run_data_stages(params, paths)
-    summary = tokenize.run(params, paths)
+    summary = run_stage(tokenize, params, paths)
     train = datasets.load_from_disk(str(paths.tokenized / "train"))
     if packing:
         assert train.column_names == ["input_ids", "labels", "position_ids"]

@@ -4,6 +4,7 @@ line naming section.key, and a stage's CLI turns that into exit 1 with nothing w
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune.config.ingest import IngestParams
+from finetune.config.loading import KEYS, Key, validate
 from finetune.config.schema import Params, load, parse
+from finetune.config.train import TrainParams
 from finetune.errors import UserError
+from finetune.imports import closure
 from finetune.paths import PATHS
-from tests.conftest import ROOT
+from finetune.stage import params_keys
+from tests.helpers import ROOT
 
 
 def dvc_stages() -> dict:
@@ -129,26 +135,60 @@ def test_stage_cli_reports_bad_params_in_one_line_and_writes_nothing(tmp_path: P
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
 
 
-def test_each_stage_depends_on_every_stages_module_it_imports() -> None:
-    """A stage reruns when any module it runs changes: dvc.yaml lists each one it imports,
-    directly or through another shared module."""
-    import ast
+def stage_modules() -> dict[str, str]:
+    """Each dvc.yaml stage and the module its cmd runs."""
+    return {name: spec["cmd"].removeprefix("python -m ") for name, spec in dvc_stages().items()}
 
-    def imported(name: str, seen: set[str]) -> set[str]:
-        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            found = ([a.name for a in node.names] if isinstance(node, ast.ImportFrom) and
-                     node.module == "stages" else
-                     [node.module.split(".", 1)[1]] if isinstance(node, ast.ImportFrom) and
-                     (node.module or "").startswith("stages.") else [])
-            for module in found:
-                if module not in seen and (ROOT / "stages" / f"{module}.py").exists():
-                    seen.add(module)
-                    imported(module, seen)
-        return seen
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, spec in stages.items():
-        module = spec["cmd"].split("stages.", 1)[1]
-        needed = {f"stages/{m}.py" for m in imported(module, {module})}
-        assert needed <= set(spec["deps"]), (stage, sorted(needed - set(spec["deps"])))
+def test_each_stage_depends_on_exactly_the_project_modules_it_imports() -> None:
+    """A stage reruns when code it runs changes, and only then: its code deps in dvc.yaml are its
+    entry module and every project module it imports, directly or not (imports inside
+    functions included), and nothing else."""
+    for stage, module in stage_modules().items():
+        code = {d for d in dvc_stages()[stage]["deps"]
+                if d.split("/")[0] in ("finetune", "stages", "commands")}
+        needed = {p.as_posix() for p in closure(module)}
+        assert code == needed, (stage, "missing:", sorted(needed - code), "extra:", sorted(code - needed))
+
+
+def test_no_stage_imports_another_stage_or_a_command() -> None:
+    for stage, module in stage_modules().items():
+        entry = {f"{module.replace('.', '/')}.py", "stages/__init__.py"}
+        others = {p.as_posix() for p in closure(module)} - entry
+        assert not any(p.startswith(("stages/", "commands/")) for p in others), (stage, others)
+
+
+def test_each_stage_reads_exactly_the_params_dvc_yaml_lists() -> None:
+    """run() takes the params sections (or keys) dvc.yaml lists for the stage, and no others, so
+    a change to any other section can neither rerun it nor reach it. num_proc is read but not
+    listed: it changes speed, never the output bytes."""
+    for stage, module in stage_modules().items():
+        run = importlib.import_module(module).run
+        read = set(params_keys(run)) - {"num_proc"}
+        assert read == set(dvc_stages()[stage].get("params", [])), stage
+
+
+def test_params_yaml_spells_out_every_key_of_every_section() -> None:
+    """No schema default silently decides an output: params.yaml names every key."""
+    def keys(value: object, prefix: str = "") -> set[str]:
+        if isinstance(value, dict) and not (prefix == "tune.space." or prefix.startswith("tune.space.")):
+            return {k for name, v in value.items() for k in keys(v, f"{prefix}{name}.")} | (
+                {prefix.rstrip(".")} if prefix else set())
+        return {prefix.rstrip(".")}
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    defaults = Params().model_dump(mode="json")
+    assert keys(defaults) - {"tune.space"} <= keys(shipped), sorted(keys(defaults) - keys(shipped))
+    assert set(KEYS) == set(Params.model_fields) == set(shipped)
+
+
+def test_a_stage_validates_only_its_own_sections(tmp_path: Path) -> None:
+    """A bad value in another stage's section does not stop a stage; a misspelt section does."""
+    raw = {"train": {"learning_rate": -1.0}, "mode": "text"}
+    assert validate(raw, {"mode": str}) == {"mode": "text"}
+    with pytest.raises(UserError, match=r"^params.yaml: train.learning_rate: Input should be greater"):
+        validate(raw, {"train": TrainParams})
+    with pytest.raises(UserError, match=r"^params.yaml: trian: unknown key \(did you mean train\?\)$"):
+        validate({"trian": {}}, {"mode": str})
+    assert validate({"ingest": {"on_error": "skip", "paths": 5}},
+                    {"on_error": Key(IngestParams, "on_error")}) == {"on_error": "skip"}

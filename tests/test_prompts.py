@@ -15,6 +15,7 @@ from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
 from finetune.models.loading import load_tokenizer
 from finetune.paths import Paths
+from finetune.text import tokenized
 from finetune.text.prompts import (
     IGNORE,
     PLAIN_CHAT_TEMPLATE,
@@ -24,7 +25,6 @@ from finetune.text.prompts import (
     reply_prompt,
     stop_token_ids,
 )
-from stages import tokenize
 
 CONV = {"messages": [
     {"role": "system", "content": "You are Robin from Fernhill Home support."},
@@ -141,8 +141,8 @@ def test_tokenize_fails_or_skips_a_conversation_the_template_cannot_render(
     renderer = Renderer(smollm2_tokenizer, TokenizeParams(block_size=512))
     with pytest.raises(UserError, match=r"^data/chat.jsonl:line 2: message 2: the chat template "
                                         r"does not render tool calls \(order_status\)"):
-        tokenize.chat_examples(df, renderer, TokenizeParams(block_size=512), "fail")
-    inputs, labels, counts, kept = tokenize.chat_examples(df, renderer, TokenizeParams(block_size=512),
+        tokenized.chat_examples(df, renderer, TokenizeParams(block_size=512), "fail")
+    inputs, labels, counts, kept = tokenized.chat_examples(df, renderer, TokenizeParams(block_size=512),
                                                           "skip")
     assert len(inputs) == 1 and counts["skipped_tools_unsupported"] == 1 and kept == [0]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from finetune.report import content
 from finetune.report.ratings import NO_RATINGS, current, samples_hash, summarise, unblind, wilson
-from stages import report
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SAMPLES = [{"prompt": f"Prompt {i}", "base": f"base text {i}", "finetuned": f"tuned text {i}"}
            for i in range(3)]
@@ -78,14 +78,14 @@ def test_the_report_shows_only_ratings_of_the_current_samples(fresh: bool) -> No
     judged = SAMPLES if fresh else [dict(SAMPLES[0], finetuned="older model"), *SAMPLES[1:]]
     human = summarise(judged, ratings)
     assert current(human, SAMPLES) is fresh
-    text = report.to_markdown(report.rating_blocks(human, SAMPLES))
+    text = content.to_markdown(content.rating_blocks(human, SAMPLES))
     assert ("Win rate of the fine-tuned model 50%" in text) is fresh
     assert ("judged other samples" in text) is not fresh
-    assert "Not rated yet" in report.to_markdown(report.rating_blocks(NO_RATINGS, SAMPLES))
+    assert "Not rated yet" in content.to_markdown(content.rating_blocks(NO_RATINGS, SAMPLES))
 
 
 def test_a_multi_line_sample_stays_in_its_markdown_row() -> None:
-    md = report.to_markdown([("table", [["prompt", "base"], ["Once | upon", "line one\n\nline two"]])])
+    md = content.to_markdown([("table", [["prompt", "base"], ["Once | upon", "line one\n\nline two"]])])
     assert md.splitlines()[2] == "| Once \\| upon | line one<br><br>line two |"
 
 

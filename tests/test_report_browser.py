@@ -18,9 +18,8 @@ from finetune.config.schema import Params
 from finetune.files import write_json
 from finetune.paths import Paths
 from finetune.report.ratings import summarise
-from finetune.stage import write_summary
-from stages import evaluate, report
-from tests.conftest import ROOT
+from stages import report
+from tests.helpers import ROOT, evaluate_models, run_stage, write_metrics
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)
@@ -46,11 +45,11 @@ def console_errors(log: str) -> list[str]:
 @pytest.fixture
 def rendered(trained: tuple[Params, Paths]) -> Path:
     params, paths = trained
-    write_summary("eval", evaluate.run(params, paths), paths)
+    write_metrics("eval", evaluate_models(params, paths), paths)
     samples = json.loads((paths.metrics / "samples.json").read_text())
     ratings = [{"prompt": samples[0]["prompt"], "a": "base", "choice": "B", "preferred": "finetuned"}]
     write_json(summarise(samples, ratings), paths.human_eval)  # as `uv run rate` writes it
-    report.run(params, paths)
+    run_stage(report, params, paths)
     return paths.reports / "report.html"
 
 
@@ -91,8 +90,8 @@ def test_the_chat_report_shows_each_group_in_chromium(trained_chat: tuple[Params
     """Chat mode with ingest.group_field: the per-group table with BLEU and ROUGE-L, and the
     conversations with the largest gain."""
     params, paths = trained_chat
-    write_summary("eval", evaluate.run(params, paths), paths)
-    report.run(params, paths)
+    write_metrics("eval", evaluate_models(params, paths), paths)
+    run_stage(report, params, paths)
     dom = chromium(paths.reports / "report.html", "--dump-dom")
     assert console_errors(dom.stderr) == []
     table = re.search(r"<h3>Per group</h3>\s*<table>(.*?)</table>", dom.stdout, re.S)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finetune.report import content
 from finetune.scoring import scores
 from finetune.scoring.scores import RowLosses
 
@@ -90,12 +91,11 @@ def test_answer_scores_per_group() -> None:
 
 
 def test_the_report_shows_the_sources_with_most_tokens_first_and_says_how_many_more() -> None:
-    from stages import report
 
     rows = [{"name": f"book {i}", "examples": 1, "tokens": 100 - i, "base_perplexity": 30.0,
              "finetuned_perplexity": 20.0, "improvement": 1 / 3} for i in range(40)]
-    out = report.analysis_blocks({"by": "title", "tables": {"title": rows}, "largest_gain": [],
+    out = content.analysis_blocks({"by": "title", "tables": {"title": rows}, "largest_gain": [],
                                   "largest_loss": []}, "")
     table = next(value for kind, value in out if kind == "table")
-    assert len(table) == 1 + report.TABLE_ROWS and table[1][0] == "book 0" and table[1][5] == "-33.3%"
+    assert len(table) == 1 + content.TABLE_ROWS and table[1][0] == "book 0" and table[1][5] == "-33.3%"
     assert ("p", "The 30 with most test tokens of 40; metrics/eval_analysis.json has them all.") in out

@@ -8,27 +8,27 @@ import pandas as pd
 import pytest
 
 from finetune.config.split import SplitParams
+from finetune.data import splitting
 from finetune.errors import UserError
 from finetune.paths import PATHS
 from stages import clean, ingest, split
-from tests.conftest import tiny_params
-from tests.test_clean import frame
+from tests.helpers import frame, run_stage, tiny_params
 
 
 @pytest.mark.parametrize(("n", "expected"), [
     (1, [1, 0, 0]), (2, [2, 0, 0]), (3, [1, 1, 1]), (10, [8, 1, 1]), (25, [20, 3, 2]), (100, [80, 10, 10]),
 ])
 def test_allocate(n: int, expected: list[int]) -> None:
-    assert split.allocate(n, (0.8, 0.1, 0.1)) == expected
+    assert splitting.allocate(n, (0.8, 0.1, 0.1)) == expected
 
 
 def test_assign_is_deterministic_stratified_and_keeps_duplicates_together() -> None:
     groups = pd.Series(["a"] * 20 + ["b"] * 10 + ["c", "d"])
     keys = pd.Series([f"t{i}" for i in range(31)] + ["t0"])  # row 31 repeats row 0's text
     p = SplitParams()
-    first, again = split.assign(groups, keys, p, 7), split.assign(groups, keys, p, 7)
+    first, again = splitting.assign(groups, keys, p, 7), splitting.assign(groups, keys, p, 7)
     assert first.tolist() == again.tolist()
-    assert first.tolist() != split.assign(groups, keys, p, 8).tolist()
+    assert first.tolist() != splitting.assign(groups, keys, p, 8).tolist()
     for doc in ("a", "b"):
         assert set(first[groups == doc]) == {"train", "val", "test"}
     assert first[31] == first[0]
@@ -39,9 +39,9 @@ def test_assign_is_deterministic_stratified_and_keeps_duplicates_together() -> N
 def test_split_run_writes_three_disjoint_files(tmp_path: Path, books: Path) -> None:
     params = tiny_params(ingest={"paths": [str(books)]}, clean={"max_chars": 400})
     paths = PATHS.under(tmp_path)
-    ingest.run(params, paths)
-    clean.run(params, paths)
-    summary = split.run(params, paths)
+    run_stage(ingest, params, paths)
+    run_stage(clean, params, paths)
+    summary = run_stage(split, params, paths)
     parts = {name: pd.read_parquet(paths.split_file(name)) for name in ("train", "val", "test")}
     texts = [set(df["text"]) for df in parts.values()]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
@@ -56,14 +56,14 @@ def test_split_with_too_few_records(tmp_path: Path) -> None:
     frame(["only one passage here"]).assign(passage_id="p").to_parquet(paths.clean)
     with pytest.raises(UserError, match=r"too few: train, val and test need at least one each "
                                         r"\(got train \d, val \d, test \d\)"):
-        split.run(tiny_params(), paths)
+        run_stage(split, tiny_params(), paths)
 
 
 def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path: Path) -> None:
     import json
 
     from finetune.data import conversations
-    from tests.conftest import support_conversations
+    from tests.helpers import support_conversations
 
     convs = support_conversations(40)
     # an exact duplicate (after clean's normalisation) of conversation 3, and of 5 with spaces
@@ -74,11 +74,11 @@ def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path:
     raw.write_text("\n".join(json.dumps(c) for c in convs + extra) + "\n", encoding="utf-8")
     params = tiny_params(mode="chat", ingest={"paths": [str(raw)]})
     paths = PATHS.under(tmp_path)
-    ingest.run(params, paths)
-    cleaned = clean.run(params, paths)
+    run_stage(ingest, params, paths)
+    cleaned = run_stage(clean, params, paths)
     assert cleaned["records_in"] == 42 and cleaned["records_out"] == 40
     assert cleaned["dropped_by_reason"] == {"duplicate": 2}
-    split.run(params, paths)
+    run_stage(split, params, paths)
     seen: dict[str, str] = {}
     for name in ("train", "val", "test"):
         for conv in pd.read_parquet(paths.split_file(name))["conversation"]:
@@ -98,7 +98,7 @@ def test_split_stratifies_by_group(tmp_path: Path) -> None:
     paths = PATHS.under(tmp_path)
     paths.clean.parent.mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(paths.clean)
-    summary = split.run(tiny_params(mode="pairs"), paths)
+    summary = run_stage(split, tiny_params(mode="pairs"), paths)
     assert summary["groups"]["refund"] == {"train": 24, "val": 3, "test": 3}
     assert summary["groups"]["order"] == {"train": 16, "val": 2, "test": 2}
     assert summary["groups"]["account"] == {"train": 8, "val": 1, "test": 1}
@@ -106,4 +106,4 @@ def test_split_stratifies_by_group(tmp_path: Path) -> None:
     assert {"refund", "order", "account"} <= set(test["group"])
     # without groups, one source file is one stratum: account's share is left to chance
     pd.DataFrame(rows).assign(group="").to_parquet(paths.clean)
-    assert "groups" not in split.run(tiny_params(mode="pairs"), paths)
+    assert "groups" not in run_stage(split, tiny_params(mode="pairs"), paths)

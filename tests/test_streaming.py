@@ -15,7 +15,7 @@ from finetune.config.schema import Params
 from finetune.errors import UserError
 from finetune.paths import PATHS, SPLITS, Paths
 from stages import base_model, clean, ingest, split, tokenize
-from tests.conftest import BOOK_A, tiny_params
+from tests.helpers import BOOK_A, run_stage, tiny_params
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def run_stages(corpus: Path, root: Path, num_proc: int) -> tuple[Paths, dict[str
     params: Params = tiny_params(ingest={"paths": [str(corpus)]}, clean={"max_chars": 200},
                                  num_proc=num_proc)
     paths = PATHS.under(root)
-    summaries = {stage.__name__: stage.run(params, paths)
+    summaries = {stage.__name__: run_stage(stage, params, paths)
                  for stage in (ingest, clean, split, base_model, tokenize)}
     summaries.pop("stages.base_model")
     return paths, summaries
@@ -82,9 +82,9 @@ def test_the_first_bad_file_in_order_is_reported_from_a_worker(corpus: Path, tmp
     params = tiny_params(ingest={"paths": [str(corpus)]}, num_proc=2)
     paths = PATHS.under(tmp_path)
     with pytest.raises(UserError, match=r"note-03\.txt:line 1: invalid UTF-8 at byte 3"):
-        ingest.run(params, paths)
+        run_stage(ingest, params, paths)
     assert not paths.ingested.exists()
     skipping = tiny_params(ingest={"paths": [str(corpus)], "on_error": "skip"}, num_proc=2)
-    summary = ingest.run(skipping, paths)
+    summary = run_stage(ingest, skipping, paths)
     assert summary["skipped_by_reason"] == {"decode_error": 2}
     assert summary["records"] == summary["files"] - 2 == 13

@@ -15,9 +15,9 @@ from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
 from finetune.models.loading import load_tokenizer
 from finetune.paths import PATHS, Paths
-from finetune.text import packing
+from finetune.text import packing, tokenized
 from stages import tokenize
-from tests.conftest import run_data_stages, tiny_params
+from tests.helpers import run_data_stages, run_stage, tiny_params
 
 
 def test_documents_are_joined_with_eos_and_packed_into_full_blocks() -> None:
@@ -53,15 +53,15 @@ def test_pairs_mask_the_prompt_and_truncate_or_drop_overlong() -> None:
     df = __import__("pandas").DataFrame({"prompt": ["a bb", "long " * 10],
                                          "response": ["ccc dddd", "x"]})
     p = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:")
-    inputs, labels, counts, _ = tokenize.pair_examples(df, FakeTokenizer(), p)
+    inputs, labels, counts, _ = tokenized.pair_examples(df, FakeTokenizer(), p)
     assert inputs == [[2, 1, 2, 2, 3, 4, 0]]  # "Q:", "a", "bb", "A:", answer, eos
     assert labels == [[-100, -100, -100, -100, 3, 4, 0]]
     assert counts == {"truncated": 0, "dropped": 1}  # the prompt alone is over 8 tokens
     df2 = df.assign(response=["ccc dddd eeeee ffffff", "x"]).head(1)
-    inputs, labels, counts, _ = tokenize.pair_examples(df2, FakeTokenizer(), p)
+    inputs, labels, counts, _ = tokenized.pair_examples(df2, FakeTokenizer(), p)
     assert inputs == [[2, 1, 2, 2, 3, 4, 5, 6]] and counts["truncated"] == 1
     p_drop = TokenizeParams(block_size=8, prompt_template="Q: {prompt} A:", overlong="drop")
-    assert tokenize.pair_examples(df2, FakeTokenizer(), p_drop)[2]["dropped"] == 1
+    assert tokenized.pair_examples(df2, FakeTokenizer(), p_drop)[2]["dropped"] == 1
 
 
 def test_tokenize_outputs_are_byte_identical_across_runs(tmp_path: Path, books: Path) -> None:
@@ -69,7 +69,7 @@ def test_tokenize_outputs_are_byte_identical_across_runs(tmp_path: Path, books: 
     paths = PATHS.under(tmp_path)
     run_data_stages(params, paths)
     first = {p.name: p.read_bytes() for p in (paths.tokenized / "train").iterdir()}
-    summary = tokenize.run(params, paths)
+    summary = run_stage(tokenize, params, paths)
     assert {p.name: p.read_bytes() for p in (paths.tokenized / "train").iterdir()} == first
     assert summary["train"]["blocks"] > summary["val"]["blocks"] > 0
     import datasets
@@ -88,7 +88,7 @@ def test_block_size_larger_than_the_context_is_refused(tmp_path: Path, books: Pa
         update={"block_size": 4096})})
     with pytest.raises(UserError, match="tokenize.block_size: 4096 is larger than the model's "
                                         "context of 128 tokens"):
-        tokenize.run(too_long, paths)
+        run_stage(tokenize, too_long, paths)
 
 
 def test_the_test_split_says_which_passage_each_token_came_from(trained: tuple[Params, Paths]) -> None:
@@ -118,7 +118,7 @@ def test_packed_chat_rows_say_which_conversation_each_token_came_from(
     params, paths = trained_chat
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
     df = pd.read_parquet(paths.split_file("test"))
-    inputs, _, _, kept = tokenize.chat_examples(df, Renderer(load_tokenizer(paths.base_model),
+    inputs, _, _, kept = tokenized.chat_examples(df, Renderer(load_tokenizer(paths.base_model),
                                                              params.tokenize), params.tokenize, "fail")
     ids, rows = np.array(test["input_ids"]), np.array(test["row"])
     assert sorted(set(rows.ravel()) - {-1}) == kept

@@ -20,21 +20,22 @@ from finetune.config.schema import Params, parse
 from finetune.errors import UserError
 from finetune.models.loading import load_model
 from finetune.paths import PATHS, Paths
+from finetune.training import trainer
 from stages import train
-from tests.conftest import ROOT
+from tests.helpers import ROOT, run_stage
 
 
 def test_freeze_layers_freezes_embeddings_and_first_blocks() -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=50))
-    train.freeze(model, 2)
+    trainer.freeze(model, 2)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert "transformer.wte.weight" in frozen and "transformer.wpe.weight" in frozen
     assert any(n.startswith("transformer.h.1.") for n in frozen)
     assert not any(n.startswith("transformer.h.2.") for n in frozen)
     with pytest.raises(UserError, match="train.freeze_layers: 5 is more than"):
-        train.freeze(GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2)), 5)
+        trainer.freeze(GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2)), 5)
 
 
 def test_train_saves_safetensors_logs_losses_and_changes_weights(
@@ -54,7 +55,7 @@ def test_train_saves_safetensors_logs_losses_and_changes_weights(
 
 def test_train_metrics(trained: tuple[Params, Paths]) -> None:
     params, paths = trained
-    summary = train.run(params, paths)  # a second run with the same seed: same numbers
+    summary = run_stage(train, params, paths)  # a second run with the same seed: same numbers
     assert summary["steps"] == 4
     env = summary["env"]
     assert (env["device"], env["precision"]) == ("cpu", "fp32")
@@ -62,7 +63,7 @@ def test_train_metrics(trained: tuple[Params, Paths]) -> None:
     assert {"python", "transformers", "dvc"} <= set(env)
     assert summary["tokens"] == 4 * 4 * 32
     assert summary["tokens_per_second"] > 0 and math.isfinite(summary["val_loss"])
-    again = train.run(params, paths)
+    again = run_stage(train, params, paths)
     assert again["val_loss"] == summary["val_loss"] and again["train_loss"] == summary["train_loss"]
 
 
@@ -74,7 +75,7 @@ def test_warmup_longer_than_an_epoch_based_run_fails_before_training(
     written = (paths.finetuned / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(UserError, match=r"train.warmup_steps: 10000 warmup steps are not fewer "
                                         r"than the \d+ training steps \(\d+ examples"):
-        train.run(long_warmup, paths)
+        run_stage(train, long_warmup, paths)
     assert (paths.finetuned / "model.safetensors").stat().st_mtime_ns == written
     assert not paths.checkpoints.exists()
 
@@ -103,7 +104,7 @@ def test_each_method_changes_exactly_the_intended_weights(
         trained: tuple[Params, Paths], tmp_path: Path, values: dict, expect_changed: object) -> None:
     params, paths = trained
     out = outputs_under(paths, tmp_path)
-    summary = train.run(with_train(params, **values), out)
+    summary = run_stage(train, with_train(params, **values), out)
     base = load_model(paths.base_model).state_dict()
     tuned = load_model(out.finetuned).state_dict()
     assert base.keys() == tuned.keys()
@@ -111,7 +112,7 @@ def test_each_method_changes_exactly_the_intended_weights(
     assert changed == {name for name in base if expect_changed(name)}
     model = load_model(paths.base_model)
     if values["method"] == "freeze":
-        train.freeze(model, 1)
+        trainer.freeze(model, 1)
     expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if values["method"] == "lora":  # two blocks, r x (64 in + 192 out) each
         expected = 2 * 4 * (64 + 192)
@@ -144,16 +145,15 @@ def test_two_cpu_processes_train_like_one_with_the_same_effective_batch(
         trained: tuple[Params, Paths], tmp_path: Path) -> None:
     params, paths = trained
     runs = {}
-    for processes, batch in ((1, 4), (2, 2)):
-        root = project_with(with_train(params, num_processes=processes, batch_size=batch),
-                            paths, tmp_path / f"p{processes}")
-        done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, text=True,
-                              capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("train: method=") == 1, "one summary, from the launcher"
-        assert (root / PATHS.finetuned / "model.safetensors").is_file()
-        assert not list((root / "models").glob(".finetuned.*")), "saved once, nothing left over"
-        runs[processes] = json.loads((root / PATHS.details_file("train")).read_text())
+    runs[1] = run_stage(train, with_train(params, batch_size=4), outputs_under(paths, tmp_path / "p1"))
+    root = project_with(with_train(params, num_processes=2, batch_size=2), paths, tmp_path / "p2")
+    done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, text=True,
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("train: method=") == 1, "one summary, from the launcher"
+    assert (root / PATHS.finetuned / "model.safetensors").is_file()
+    assert not list((root / "models").glob(".finetuned.*")), "saved once, nothing left over"
+    runs[2] = json.loads((root / PATHS.details_file("train")).read_text())
     one, two = runs[1], runs[2]
     assert two["processes"] == 2 and two["steps"] == one["steps"] == 4
     assert two["tokens"] == one["tokens"], "the same number of tokens per optimizer step"
@@ -168,7 +168,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate_when_validation_loss_stops_falling
     better (patience 0). The logged rates show each cut."""
     params, paths = trained
     out = outputs_under(paths, tmp_path)
-    summary = train.run(with_train(params, lr_scheduler="reduce_lr_on_plateau", learning_rate=0.5,
+    summary = run_stage(train, with_train(params, lr_scheduler="reduce_lr_on_plateau", learning_rate=0.5,
                                    plateau_patience=0, plateau_factor=0.5, max_steps=6,
                                    eval_steps=1, save_steps=6, logging_steps=1), out)
     log = out.train_log / "plots" / "metrics" / "train" / "learning_rate.tsv"

@@ -19,9 +19,11 @@ from finetune import search
 from finetune.config.schema import Params, parse
 from finetune.config.tune import Distribution, TuneParams
 from finetune.errors import UserError
-from finetune.headline import headline
+from finetune.stage import headline
 from finetune.training import progress
-from tests.conftest import ROOT
+from stages.evaluate import HEADLINE as EVAL_HEADLINE
+from stages.train import HEADLINE as TRAIN_HEADLINE
+from tests.helpers import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -143,11 +145,11 @@ def test_headline_figures_are_the_ones_the_table_shows() -> None:
     summary = {"base": {"loss": 3.7, "perplexity": 41.0},
                "finetuned": {"loss": 3.2, "perplexity": 25.0, "bleu": 3.0, "rougeL": 0.2},
                "perplexity_improvement": 0.39, "test_tokens": 3825}
-    assert headline("eval", summary) == {"perplexity": 25.0, "improvement": 0.39, "bleu": 3.0,
+    assert headline(EVAL_HEADLINE, summary) == {"perplexity": 25.0, "improvement": 0.39, "bleu": 3.0,
                                          "rougeL": 0.2}
     del summary["finetuned"]["bleu"], summary["finetuned"]["rougeL"]  # text mode
-    assert headline("eval", summary) == {"perplexity": 25.0, "improvement": 0.39}
-    assert headline("train", {"val_loss": 3.3, "steps": 33, "tokens_per_second": 163.3,
+    assert headline(EVAL_HEADLINE, summary) == {"perplexity": 25.0, "improvement": 0.39}
+    assert headline(TRAIN_HEADLINE, {"val_loss": 3.3, "steps": 33, "tokens_per_second": 163.3,
                               "env": {}}) == {"val_loss": 3.3, "tokens_per_second": 163.3}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from finetune.config.section import Section
@@ -15,3 +17,4 @@ class EvaluateParams(Section):
     max_generation_examples: int = Field(50, ge=0)  # pairs mode: BLEU/ROUGE on this many
     # general-English text that is not the user's, to see what fine-tuning cost; []: none
     reference_paths: list[str] = Field(default_factory=lambda: ["data/reference"])
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else the CPU

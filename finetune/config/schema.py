@@ -4,15 +4,16 @@ tests (a stage loads only its own sections)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
 from finetune.config.clean import CleanParams
+from finetune.config.common import DEFAULTS, Mode, NumProc, Seed
 from finetune.config.evaluate import EvaluateParams
 from finetune.config.export import ExportParams
 from finetune.config.ingest import IngestParams
+from finetune.config.loading import read
 from finetune.config.model import ModelParams
 from finetune.config.report import ReportParams
 from finetune.config.section import Section, describe
@@ -24,11 +25,9 @@ from finetune.errors import UserError
 
 
 class Params(Section):
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    mode: Literal["text", "pairs", "chat"] = "text"
-    # processes (tokenizer threads) of ingest, clean and tokenize; 0: one per CPU core. Speed only:
-    # the outputs are the same bytes for any value, so dvc.yaml does not make it a dependency
-    num_proc: int = Field(0, ge=0, le=1024)
+    seed: Seed = DEFAULTS["seed"]
+    mode: Mode = DEFAULTS["mode"]
+    num_proc: NumProc = DEFAULTS["num_proc"]
     model: ModelParams = ModelParams()
     ingest: IngestParams = IngestParams()
     clean: CleanParams = CleanParams()
@@ -50,6 +49,7 @@ class Params(Section):
 
 
 def parse(raw: Any, source: str = "params.yaml") -> Params:
+    """Every section of params.yaml validated (a stage validates only its own: loading.load)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of sections at the top level")
     try:
@@ -59,13 +59,6 @@ def parse(raw: Any, source: str = "params.yaml") -> Params:
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; a missing file, bad YAML or bad value is a UserError."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{line} invalid YAML: {getattr(e, 'problem', e)}") from None
-    return parse(raw, str(path))
+    """Read and validate the whole of params.yaml; a missing file, bad YAML or bad value is a
+    UserError."""
+    return parse(read(path), str(path))

@@ -53,6 +53,9 @@ class TuneParams(Section):
     pruner: Literal["median", "none"] = "median"  # on the validation losses as a trial trains
     pruner_startup_trials: int = Field(2, ge=0)  # finished trials before any is pruned
     pruner_warmup_steps: int = Field(0, ge=0)  # steps of a trial before it can be pruned
+    # each trial also runs evaluate, export and report (scored on the test split, never ranked by
+    # it); false: a trial runs through train, all its objective needs
+    score_test: bool = False
     space: dict[str, list[Scalar] | Distribution] = Field(default_factory=dict)
 
     @field_validator("space", mode="before")

@@ -8,21 +8,14 @@ from typing import Any
 
 from finetune.errors import UserError
 
-# The sampling a user gets unless they ask for other settings: `generate`'s defaults, and written
-# into models/finetuned/generation_config.json, which serve, vLLM and the Ollama Modelfile read.
 
-
-SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.95,
-                            "repetition_penalty": 1.1}
-
-
-def pick_device(preference: str) -> str:
-    """`auto` takes CUDA when present, else the CPU."""
+def pick_device(preference: str, key: str = "train.device") -> str:
+    """`auto` takes CUDA when present, else the CPU (`key`: the setting, for the error)."""
     import torch
 
     cuda = torch.cuda.is_available()
     if preference == "cuda" and not cuda:
-        raise UserError("train.device: cuda was asked for, but no CUDA device is available")
+        raise UserError(f"{key}: cuda was asked for, but no CUDA device is available")
     if preference == "auto":
         return "cuda" if cuda else "cpu"
     return preference
@@ -74,14 +67,15 @@ def context_length(config: Any) -> int:
 
 def set_inference(model: Any, tokenizer: Any, asked: dict[str, Any]) -> None:
     """Make a model folder answer as it was trained, for any reader of the folder alone: the chat
-    template and stop tokens of finetune.text.prompts.Inference (written by tokenize), and SAMPLING."""
+    template, stop tokens and default sampling of finetune.text.prompts.Inference (written by
+    tokenize to data/tokenized/inference.json)."""
     tokenizer.chat_template = asked["chat_template"]
     config = model.generation_config
     stop = asked["stop_token_ids"]
     config.eos_token_id = stop if len(stop) > 1 else stop[0]
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    config.update(**SAMPLING)
+    config.update(**asked["sampling"])
 
 # How a tokenizer was loaded, which transformers records in tokenizer_config.json: under
 # HF_HUB_OFFLINE=1, local_files_only is true. Not part of the tokenizer, so never saved: the same

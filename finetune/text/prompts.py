@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
+from finetune.paths import INFERENCE_FILE, PATHS
 
 IGNORE = -100  # label of a token the loss skips
 
@@ -303,14 +305,58 @@ def chat_preamble(p: TokenizeParams) -> str:
             "{% set messages = [" + system + "] + messages %}{% endif %}")
 
 
+# The sampling a user gets unless they ask for other settings: `generate`'s defaults, and written
+# into models/finetuned/generation_config.json, which serve, vLLM and the Ollama Modelfile read.
+SAMPLING: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_p": 0.95,
+                            "repetition_penalty": 1.1}
+
+
 @dataclass(frozen=True)
 class Inference:
-    """How the fine-tuned model is asked, for anything that reads only its folder (serve, vLLM,
-    the GGUF export): the chat template that renders a request as training rendered its examples,
-    and the tokens that end a reply."""
+    """How the model is asked, defined once and written by tokenize: the mode and the tokenize
+    params it was trained with (how prompts and conversations are rendered), the chat template
+    that renders a request as training rendered its examples, the tokens that end a reply, and
+    the default sampling. Evaluate, generate, serve and export read it (read_inference)."""
 
     chat_template: str
     stop_token_ids: list[int]
+    mode: str = "text"
+    tokenize: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(SAMPLING))
+
+    @property
+    def params(self) -> TokenizeParams:
+        return TokenizeParams.model_validate(self.tokenize)
+
+    def samples(self, prompts: list[str], tokenizer: Any) -> list[str]:
+        """Prompts as the model is asked them: pairs rendered with the template, chat as a user
+        message with the chat template, text as they are."""
+        if self.mode == "pairs":
+            return render_prompts(prompts, tokenizer, self.params)
+        if self.mode == "chat":
+            renderer = Renderer(tokenizer, self.params)
+            return [renderer.prompt([{"role": "user", "content": q}]) for q in prompts]
+        return list(prompts)
+
+
+def inference_for(model: Path, asked: Path | None = None) -> Inference:
+    """How to ask the model in a folder: `asked` (an inference.json) when given, else the
+    folder's own (train copies it into models/finetuned), else the pipeline's
+    data/tokenized/inference.json, else as plain text (a model from elsewhere)."""
+    for candidate in ([asked] if asked else [Path(model) / INFERENCE_FILE, PATHS.inference_file]):
+        if candidate.is_file() or asked:
+            return read_inference(candidate)
+    return Inference(TEXT_TEMPLATE, [], mode="text")
+
+
+def read_inference(path: Path) -> Inference:
+    """How a model is asked: data/tokenized/inference.json (or that file in a model folder)."""
+    path = Path(path)
+    file = path / INFERENCE_FILE if path.is_dir() else path
+    try:
+        return Inference(**json.loads(file.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"{file}: missing; run the stages before this one (uv run dvc repro)") from None
 
 
 def inference(tokenizer: Any, mode: str, p: TokenizeParams) -> Inference:
@@ -318,11 +364,12 @@ def inference(tokenizer: Any, mode: str, p: TokenizeParams) -> Inference:
     each mode, the template's generation prompt for a conversation is what generate would
     render for it (tests check this token for token)."""
     eos = [tokenizer.eos_token_id]
+    asked = {"mode": mode, "tokenize": p.model_dump(mode="json"), "sampling": dict(SAMPLING)}
     if mode == "text":
-        return Inference(TEXT_TEMPLATE, eos)
+        return Inference(TEXT_TEMPLATE, eos, **asked)
     if mode == "pairs" and not p.use_chat_template:
-        return Inference(pairs_template(tokenizer, p), eos)
+        return Inference(pairs_template(tokenizer, p), eos, **asked)
     if mode == "pairs":  # rendered with the tokenizer's own template, without a system turn
         p = p.model_copy(update={"chat_template": None, "system_prompt": None})
     renderer = Renderer(tokenizer, p)
-    return Inference(chat_preamble(p) + renderer.template, stop_token_ids(renderer))  # EOS last
+    return Inference(chat_preamble(p) + renderer.template, stop_token_ids(renderer), **asked)  # EOS last

@@ -1,0 +1,159 @@
+"""Finding the files `ingest.paths` names (files, folders, globs; symlinks judged), and where
+bad files and records go: BadInput, and Problems (fail on the first, or count them by reason)."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import itertools
+import os
+from collections import Counter
+from pathlib import Path
+
+from finetune.config.ingest import IngestParams
+from finetune.errors import UserError
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
+
+
+RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
+
+
+SUPPORTED = TEXT_SUFFIXES | RECORD_SUFFIXES
+
+
+class BadInput(Exception):
+    """One bad file or record: `where` is the line/row/record, `reason` the metrics key."""
+
+    def __init__(self, reason: str, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.reason, self.where = reason, where
+
+
+class Problems:
+    """Where bad files and records go: with `ingest.on_error: fail` the first one ends the stage
+    with one line naming the file and position, with `skip` each is counted by reason."""
+
+    def __init__(self, on_error: str) -> None:
+        self.fail = on_error == "fail"
+        self.skipped: Counter[str] = Counter()
+
+    def __call__(self, source: str, err: BadInput) -> None:
+        if self.fail:
+            where = f":{err.where}" if err.where else ""
+            raise UserError(f"{source}{where}: {err} (set ingest.on_error: skip to skip it)")
+        self.skipped[err.reason] += 1
+
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def _is_glob(entry: str) -> bool:
+    return any(ch in entry for ch in "*?[")
+
+
+def _root(entry: str) -> Path:
+    """The directory an entry confines reading to: a glob's literal prefix, or the path itself."""
+    if not _is_glob(entry):
+        return Path(entry)
+    parts = Path(entry).parts
+    literal = list(itertools.takewhile(lambda part: not _is_glob(part), parts))
+    return Path(*literal) if literal else Path(".")
+
+
+def _walk(directory: Path, follow_symlinks: bool) -> list[Path | BadInput]:
+    """Files below a directory, sorted, hidden ones left out. Symlinked directories are listed
+    themselves (for `_link_problem` to judge) unless followed; a loop is entered once. A folder
+    that cannot be listed is a BadInput in the list (os.walk would skip it without a word)."""
+    found: list[Path | BadInput] = []
+    seen: set[str] = set()
+
+    def unreadable(error: OSError) -> None:
+        found.append(BadInput("unreadable", f"cannot be read ({error.strerror})",
+                              str(error.filename)))
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable,
+                                                followlinks=follow_symlinks):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not follow_symlinks:
+            found += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return found
+
+
+def _link_problem(path: Path, roots: list[Path] | None, follow_symlinks: bool) -> BadInput | None:
+    """A symlink loop, a dangling link, or (unless followed) a link out of the `roots`."""
+    try:
+        real = path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 reports a loop this way
+        return BadInput("symlink_loop", "a symlink loop")
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return BadInput("symlink_loop", "a symlink loop")
+        return BadInput("broken_symlink", f"a symlink to {os.readlink(path)}, which does not exist")
+    if roots is not None and not follow_symlinks and not any(map(real.is_relative_to, roots)):
+        return BadInput("symlink_outside", f"a symlink to {real}, outside ingest.paths (set "
+                        "ingest.follow_symlinks: true to read it)")
+    return None
+
+
+def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path | BadInput]:
+    """Every path an ingest.paths entry names: the file, the files below the directory, or the
+    glob's matches (and the files below matched directories)."""
+    path = Path(entry)
+    if _is_glob(entry):
+        matched = [Path(m) for m in sorted(glob.glob(entry, recursive=True))]
+        if not matched:
+            raise BadInput("missing_path", "the pattern matches nothing")
+        return [f for m in matched for f in (_walk(m, follow_symlinks) if m.is_dir() else [m])]
+    if path.is_dir():
+        return _walk(path, follow_symlinks)
+    if path.is_file():
+        if path.suffix.lower() not in SUPPORTED:
+            raise BadInput("unsupported_type", f"unsupported file type (supported: "
+                           f"{', '.join(sorted(SUPPORTED))})")
+        return [path]
+    if path.is_symlink():
+        return [path]  # dangling or a loop: _link_problem says which
+    raise BadInput("missing_path", "no such file or directory")
+
+
+def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[list[Path], int]:
+    """The supported files named by `ingest.paths`, sorted, each real file once; and how many
+    unsupported files the directories and globs held (ignored, not errors)."""
+    roots = [Path(os.path.realpath(_root(entry))) for entry in entries]
+    files: dict[Path, Path] = {}  # real path -> the path it was found under
+    ignored = 0
+    for entry in entries:
+        try:
+            candidates = _entry_candidates(entry, p.follow_symlinks)
+        except BadInput as err:
+            problems(f"ingest.paths: {entry}", err)
+            continue
+        usable, reported = 0, problems.total()
+        for path in candidates:
+            if isinstance(path, BadInput):  # a folder that cannot be listed
+                problems(path.where, BadInput(path.reason, str(path)))
+                continue
+            # a file named on its own may point anywhere; one found in a directory may not
+            problem = _link_problem(path, None if path == Path(entry) else roots, p.follow_symlinks)
+            if problem:
+                problems(path.as_posix(), problem)
+            elif path.is_dir():
+                continue  # a symlink to a directory inside ingest.paths: read where it points
+            elif path.suffix.lower() not in SUPPORTED:
+                ignored += 1
+            else:
+                usable += 1
+                real = path.resolve()
+                files[real] = min(files.get(real, path), path, key=lambda f: f.as_posix())
+        if not usable and problems.total() == reported:
+            verb = "matches" if _is_glob(entry) else "contains"
+            problems(f"ingest.paths: {entry}", BadInput(
+                "no_supported_file", f"{verb} no supported file ({', '.join(sorted(SUPPORTED))})"))
+    return sorted(files.values(), key=lambda f: f.as_posix()), ignored

@@ -1,0 +1,135 @@
+"""Deciding each row's split: deterministic for the seed, stratified, with no text in two splits
+(by document in text mode, by group or else by source file in pairs and chat mode)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from finetune.config.split import SplitParams
+from finetune.data.records import KEY, digest
+from finetune.errors import UserError
+from finetune.files import ParquetSink, atomic_output, read_row_group, row_groups
+from finetune.paths import SPLITS
+
+MIN_PASSAGES = 3  # a document with fewer passages cannot feed all three splits on its own
+
+
+POOLED = "\0pooled"  # the group of short documents, split together
+
+
+def allocate(n: int, fractions: tuple[float, float, float]) -> list[int]:
+    """How many of n items go to train/val/test: largest remainders, and at least one each for
+    val and test when n >= MIN_PASSAGES."""
+    raw = np.asarray(fractions) * n
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    if n >= MIN_PASSAGES:
+        for i in (1, 2):
+            if counts[i] == 0:
+                counts[i], counts[0] = 1, counts[0] - 1
+    return counts.tolist()
+
+
+def assign(groups: pd.Series, keys: pd.Series, p: SplitParams, seed: int,
+           pools: pd.Series | None = None) -> pd.Series:
+    """The split of every row. Rows are shuffled within their group and cut by `allocate`; a group
+    too small to stratify joins the pooled group of its pool (one pool when `pools` is None);
+    rows with the same text all follow the first."""
+    sizes = groups.map(groups.value_counts())
+    pooled = POOLED if pools is None else POOLED + pools
+    groups = groups.where(sizes >= MIN_PASSAGES, pooled)
+    rng = np.random.default_rng(seed)
+    split = np.empty(len(groups), dtype=object)
+    fractions = (p.train, p.val, p.test)
+    for _, positions in sorted(groups.groupby(groups, sort=False).indices.items()):
+        order = rng.permutation(positions)
+        bounds = np.cumsum(allocate(len(order), fractions))[:-1]
+        for name, part in zip(SPLITS, np.split(order, bounds), strict=True):
+            split[part] = name
+    result = pd.Series(split, index=groups.index)
+    return result.groupby(keys.values, sort=False).transform("first")
+
+
+def strata_of(mode: str, units: list[str], groups: list[str]) -> tuple[pd.Series, pd.Series | None]:
+    """What the split stratifies by, and the pools of the strata too small for it, given each
+    row's unit (its document in text mode, else its source file) and group. Text: each document
+    (pooled by group, so a group's short documents stay its own); pairs and chat: each group
+    when the records have groups, else each source file."""
+    if mode == "text":
+        return pd.Series(units), pd.Series(groups) if any(groups) else None
+    return pd.Series(groups if any(groups) else units), None
+
+
+def row_keys(table: pa.Table, mode: str) -> list[bytes]:
+    """The digest of each row's text (as clean's duplicate removal takes it): rows with equal
+    digests must share a split."""
+    parts = [table.column(name).to_pylist() for name in KEY[mode]]
+    return [digest(*texts) for texts in zip(*parts, strict=True)]
+
+
+def labels_of(clean: Path, mode: str, p: SplitParams, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The first pass over clean.parquet, one row group at a time, reading only the units, groups
+    and text digests: every row's split, and each row's doc_id, group and split (for the
+    summary). Memory is the digests and ids, not the texts."""
+    unit_column = "doc_id" if mode == "text" else "source"
+    units: list[str] = []
+    record_groups: list[str] = []
+    keys: list[bytes] = []
+    doc_ids: list[str] = []
+    for i in range(row_groups(clean)):
+        table = read_row_group(clean, i, list(dict.fromkeys([unit_column, "doc_id", "group", *KEY[mode]])))
+        units += table.column(unit_column).to_pylist()
+        record_groups += table.column("group").to_pylist()
+        doc_ids += table.column("doc_id").to_pylist()
+        keys += row_keys(table, mode)
+    strata, pools = strata_of(mode, units, record_groups)
+    labels = assign(strata, pd.Series(keys), p, seed, pools).to_numpy()
+    counts = Counter(labels.tolist())
+    if any(counts[name] == 0 for name in SPLITS):
+        got = ", ".join(f"{name} {counts[name]}" for name in SPLITS)
+        raise UserError(f"split: {len(labels)} passage(s) are too few: train, val and test need at "
+                        f"least one each (got {got}); add data, or lower clean.max_chars to cut "
+                        "documents into more passages")
+    return labels, pd.DataFrame({"doc_id": doc_ids, "group": record_groups, "split": labels})
+
+
+def write_splits(clean: Path, labels: np.ndarray, out: Path, files: dict[str, str]) -> None:
+    """The second pass: each row group's rows copied into the files of their splits (`files`:
+    split -> file name under `out`), which appear together or not at all."""
+    schema = pq.read_schema(clean)
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+        sinks = {name: ParquetSink(tmp / files[name], schema) for name in SPLITS}
+        try:
+            start = 0
+            for i in range(row_groups(clean)):
+                table = read_row_group(clean, i)
+                part = labels[start:start + len(table)]
+                start += len(table)
+                for name, sink in sinks.items():
+                    sink.add(table.filter(pa.array(part == name)))
+        finally:
+            for sink in sinks.values():
+                sink.close()
+
+
+def split_summary(docs: pd.DataFrame) -> dict[str, Any]:
+    """Records and documents per split, and per group when the records have groups (the
+    stratification, to check)."""
+    counts = docs["split"].value_counts()
+    summary: dict[str, Any] = {
+        name: {"records": int(counts.get(name, 0)),
+               "documents": int(docs.loc[docs["split"] == name, "doc_id"].nunique())}
+        for name in SPLITS}
+    if docs["group"].astype(bool).any():
+        table = pd.crosstab(docs["group"], docs["split"]).reindex(columns=list(SPLITS), fill_value=0)
+        summary["groups"] = {str(g): {s: int(n) for s, n in row.items()} for g, row in table.iterrows()}
+    return summary
