@@ -14,13 +14,14 @@ import argparse
 import random
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from finetune.cli import run_command
 from finetune.errors import UserError
 from finetune.files import read_json, write_json
 from finetune.paths import PATHS
-from finetune.report.ratings import CHOICES, summarise, unblind
+from finetune.rating import rate
+from finetune.report.ratings import summarise
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,37 +30,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=Path, default=PATHS.metrics / "samples.json")
     parser.add_argument("--out", type=Path, default=PATHS.human_eval)
     return parser.parse_args(argv)
-
-
-def ask(prompt_no: int, total: int, sample: dict[str, str], a_is: str, read: TextIO,
-        write: TextIO) -> str | None:
-    """Show one prompt blind and read an answer; None at the end of the input."""
-    b_is = "base" if a_is == "finetuned" else "finetuned"
-    write.write(f"\n[{prompt_no}/{total}] {sample['prompt']}\n\n"
-                f"A: {sample[a_is] or '(empty)'}\n\nB: {sample[b_is] or '(empty)'}\n")
-    while True:
-        write.write("better? a, b, = (tie), s (skip): ")
-        write.flush()
-        line = read.readline()
-        if not line:
-            return None
-        answer = line.strip().lower()
-        if answer in CHOICES:
-            return answer
-        write.write(f"  '{answer}' is not one of a, b, =, s\n")
-
-
-def rate(samples: list[dict[str, str]], read: TextIO, write: TextIO,
-         rng: random.Random) -> list[dict[str, Any]]:
-    ratings = []
-    for i, sample in enumerate(samples, 1):
-        a_is = rng.choice(["base", "finetuned"])
-        choice = ask(i, len(samples), sample, a_is, read, write)
-        if choice is None:  # the input ended: the prompts left are not rated
-            break
-        ratings.append({"prompt": sample["prompt"], "a": a_is, "choice": CHOICES[choice],
-                        "preferred": unblind(choice, a_is)})
-    return ratings
 
 
 def run(args: argparse.Namespace, read: TextIO = sys.stdin, write: TextIO = sys.stdout) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from commands import generate
+from finetune import generation
 from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.models.loading import load_tokenizer
@@ -71,9 +72,9 @@ def test_pairs_mode_renders_the_training_template_and_prints_only_the_answer(pro
     tokenizer = load_tokenizer(project / "models" / "finetuned")
     asking = inference(tokenizer, "pairs", TokenizeParams(prompt_template="Q: {prompt}\nA:"))
     (project / "pairs.json").write_text(json.dumps(dataclasses.asdict(asking)))
-    assert generate.render("How many sacks?", tokenizer, asking, "pairs") == (
+    assert generation.render("How many sacks?", tokenizer, asking, "pairs") == (
         "Q: How many sacks?\nA:", True)
-    assert generate.render("How many sacks?", tokenizer, asking, "text") == ("How many sacks?", False)
+    assert generation.render("How many sacks?", tokenizer, asking, "text") == ("How many sacks?", False)
     answer = run("How many sacks?", "--inference", "pairs.json", "--seed", "1").getvalue()
     assert answer.strip() and not answer.startswith("How many sacks?")
 
@@ -111,12 +112,12 @@ def chat_project(trained_chat: tuple[Params, Paths], monkeypatch: pytest.MonkeyP
 def test_chat_session_keeps_the_history(chat_project: Path) -> None:
     args = generate.parse_args(["--chat", "--system", "You are Robin.", "--temperature", "0",
                                 "--max-new-tokens", "6"])
-    bot = generate.Generator(Path("models/finetuned"), args, "cpu")
+    bot = generation.Generator(Path("models/finetuned"), args, "cpu")
     first = bot("Where is my order FH-1001?", io.StringIO())
     second = bot("Can I return it?", io.StringIO())
     assert [m["role"] for m in bot.history] == ["user", "assistant"] * 2
     assert bot.history[1]["content"] == first.strip() and bot.history[3]["content"] == second.strip()
-    text, _ = generate.render("And now?", bot.tokenizer, bot.asking, "chat", bot.history, "You are Robin.")
+    text, _ = generation.render("And now?", bot.tokenizer, bot.asking, "chat", bot.history, "You are Robin.")
     assert text.startswith("You are Robin.\n\n### User:\nWhere is my order FH-1001?")
     assert "### User:\nCan I return it?" in text and text.endswith("### User:\nAnd now?\n\n### Assistant:\n")
     # the same session through the command, with piped input
