@@ -1,14 +1,14 @@
 """The GGUF export of a model folder in each type, read back by two readers nobody here wrote:
-`uv run --group llamacpp python -m bench.gguf [--model models/finetuned]`.
+`uv run --group llamacpp python -m bench.gguf [--model models/finetuned] [--without-llama-cpp]`.
 
 For f32, f16 and q8_0 it exports the folder (finetune.export.gguf, as the export stage does) and
 reports the file size and export time; through transformers' GGUF loader, the export stage's
-own check (stages.export.compare); through llama.cpp (llama-cpp-python): whether it tokenizes
-the check prompts as the folder's tokenizer does, the largest and mean absolute logit
-difference from the folder's model in transformers, how many of 32 greedy tokens agree before
-the first that differs, and its decoding speed next to transformers' on this CPU. Writes
-bench/gguf.json and the GGUF section of bench/results.md. Benchmarks are not tests: nothing
-here asserts a timing."""
+own check (finetune.export.check.compare); through llama.cpp (llama-cpp-python, skipped with
+--without-llama-cpp): whether it tokenizes the check prompts as the folder's tokenizer does, the
+largest and mean absolute logit difference from the folder's model in transformers, how many of
+32 greedy tokens agree before the first that differs, and its decoding speed next to
+transformers' on this CPU. Writes bench/gguf.json and the GGUF section of bench/results.md.
+Benchmarks are not tests: nothing here asserts a timing."""
 
 from __future__ import annotations
 
@@ -20,17 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.model_bench import ROOT, write_section
+from bench.common import ROOT, write_section
 
 SECTION = ("<!-- gguf:start -->", "<!-- gguf:end -->")
 GREEDY = 32
+DEFAULT_MODEL = ROOT / "models" / "finetuned"
 
 
 def hf_reference(model: Any, prompts: list[list[int]]) -> tuple[list[Any], list[list[int]], float]:
     """The folder's logits for each prompt, its greedy continuations, and its decoding speed."""
     import torch
 
-    from stages.export import greedy
+    from finetune.export.check import greedy
 
     with torch.inference_mode():
         logits = [model(torch.tensor([ids])).logits[0].numpy() for ids in prompts]
@@ -47,7 +48,7 @@ def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logi
     import numpy as np
     from llama_cpp import Llama
 
-    from stages.export import same_prefix
+    from finetune.export.check import same_prefix
 
     llm = Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=512,
                 n_threads=os.cpu_count())
@@ -74,10 +75,12 @@ def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logi
             "decode_tokens_per_second": round(speed, 1)}
 
 
-def bench(folder: Path) -> dict[str, Any]:
+def bench(folder: Path, llama_cpp: bool = True) -> dict[str, Any]:
+    """Every GGUF type of the model in `folder`, read back by transformers and (`llama_cpp`)
+    by llama.cpp."""
+    from finetune.export.check import check_prompts, compare
     from finetune.export.gguf import GGUF_TYPES, write_gguf
     from finetune.models.loading import load_model, load_tokenizer
-    from stages.export import check_prompts, compare
 
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     model.eval()
@@ -94,7 +97,8 @@ def bench(folder: Path) -> dict[str, Any]:
             results["types"][kind] = {
                 "bytes": path.stat().st_size, "export_seconds": round(seconds, 1),
                 "transformers": compare(path, model, tokenizer),
-                "llama_cpp": llama_cpp_check(path, texts, prompts, logits, continuations)}
+                "llama_cpp": (llama_cpp_check(path, texts, prompts, logits, continuations)
+                              if llama_cpp else None)}
             path.unlink()
     return results
 
@@ -106,12 +110,13 @@ def table(r: dict[str, Any], model: str) -> str:
              "|---|---|---|---|---|---|"]
     for kind, t in r["types"].items():
         tf, lc = t["transformers"], t["llama_cpp"]
+        llama = (f"{'same' if lc['tokenizer_agrees'] else 'DIFFERENT'}, {lc['max_abs_logit_diff']} / "
+                 f"{lc['mean_abs_logit_diff']}, {lc['greedy_agreement']} | "
+                 f"{lc['decode_tokens_per_second']} tokens/s") if lc else "not run | not run"
         lines.append(
             f"| {kind} | {t['bytes'] / 2**20:.1f} MiB | {t['export_seconds']} s | "
             f"{tf['max_abs_logit_diff']} / {tf['mean_abs_logit_diff']}, {tf['greedy_agreement']:.0%} | "
-            f"{'same' if lc['tokenizer_agrees'] else 'DIFFERENT'}, {lc['max_abs_logit_diff']} / "
-            f"{lc['mean_abs_logit_diff']}, {lc['greedy_agreement']} | "
-            f"{lc['decode_tokens_per_second']} tokens/s |")
+            f"{llama} |")
     speed = r["transformers_decode_tokens_per_second"]
     lines += ["", f"transformers (fp32, the folder itself) decodes {speed} tokens/s on the same "
               "prompt. Logit differences are against the folder's model in transformers, over "
@@ -124,18 +129,25 @@ def table(r: dict[str, Any], model: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.gguf", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "finetuned")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--without-llama-cpp", action="store_true",
+                        help="skip the llama.cpp reader (llama-cpp-python not installed)")
     parser.add_argument("--table", action="store_true",
-                        help="only write the table again from bench/gguf.json")
+                        help="only write the table again from the figures (--out)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "gguf.json",
+                        help="the figures; the table goes to results.md beside it")
     args = parser.parse_args(argv)
-    model = "SmolLM2-135M-Instruct fine-tuned (models/finetuned)"
+    md = args.out.with_name("results.md")
     if args.table:
-        saved = json.loads((ROOT / "bench" / "gguf.json").read_text())
-        write_section(ROOT / "bench" / "results.md", table(saved, saved["model"]), SECTION)
+        saved = json.loads(args.out.read_text())
+        write_section(md, table(saved, saved["model"]), SECTION)
         return
-    results = bench(args.model)
-    (ROOT / "bench" / "gguf.json").write_text(json.dumps({"model": model, **results}, indent=2) + "\n")
-    write_section(ROOT / "bench" / "results.md", table(results, model), SECTION)
+    model = (f"SmolLM2-135M-Instruct fine-tuned ({args.model.relative_to(ROOT)})"
+             if args.model == DEFAULT_MODEL else str(args.model))
+    results = bench(args.model, llama_cpp=not args.without_llama_cpp)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": model, **results}, indent=2) + "\n")
+    write_section(md, table(results, model), SECTION)
     print(table(results, model))
 
 

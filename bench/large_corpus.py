@@ -1,5 +1,5 @@
 """The data stages on a corpus larger than memory would comfortably hold as Python objects:
-`uv run python -m bench.large_corpus [--gb 2]`.
+`uv run python -m bench.large_corpus [--gb 2]` (`--gb 0.001 --model-source scratch`: a smoke run).
 
 Generates the corpus (bench/corpus.py) in a scratch project, runs ingest, clean, split,
 base_model and tokenize as the pipeline does (`python -m stages.<name>`), and records each
@@ -25,8 +25,8 @@ import psutil
 import yaml
 
 from bench import corpus
+from bench.common import ROOT, tokenized_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "clean", "split", "base_model", "tokenize")
 
 
@@ -76,12 +76,16 @@ def run_stage(project: Path, stage: str) -> tuple[float, int, int, str]:
     return seconds, peak_rss, peak_anon, out.strip().splitlines()[-1]
 
 
-def make_project(where: Path, gigabytes: float, num_proc: int) -> tuple[Path, int, int]:
-    """A scratch project with a generated corpus in data/raw: (folder, bytes, files)."""
+def make_project(where: Path, gigabytes: float, num_proc: int, model_source: str | None = None
+                 ) -> tuple[Path, int, int]:
+    """A scratch project with a generated corpus in data/raw and this project's params (but
+    num_proc and, if given, model.source): (folder, bytes, files)."""
     project = where / "large-corpus"
     size = corpus.build(project / "data" / "raw", gigabytes * 1000, doc_bytes=1_000_000)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["num_proc"] = num_proc
+    if model_source:
+        params["model"]["source"] = model_source
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return project, size, len(list((project / "data" / "raw").iterdir()))
 
@@ -96,11 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gb", type=float, default=2.0, help="corpus size in GB (10^9 bytes)")
     parser.add_argument("--num-proc", type=int, default=0, help="params num_proc (0: all cores)")
     parser.add_argument("--where", type=Path, default=None, help="scratch folder (default: /tmp)")
+    parser.add_argument("--model-source", default=None,
+                        help="params model.source (default params.yaml's; scratch: a tiny model)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "large_corpus.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-large-", dir=args.where) as tmp:
         started = time.perf_counter()
-        project, size, files = make_project(Path(tmp), args.gb, args.num_proc)
+        project, size, files = make_project(Path(tmp), args.gb, args.num_proc, args.model_source)
         print(f"corpus: {size / 1e9:.2f} GB in {files} files "
               f"({time.perf_counter() - started:.0f} s to generate)", flush=True)
         stages: dict[str, Any] = {}
@@ -110,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                              "peak_resident_gb": round(rss / 1e9, 2)}
             print(f"{stage}: {seconds:.0f} s, peak {anon / 1e9:.2f} GB anonymous, "
                   f"{rss / 1e9:.2f} GB resident | {line}", flush=True)
-        metrics = {s: json.loads((project / "metrics" / f"{s}.json").read_text())
-                   for s in ("ingest", "clean", "tokenize")}
+        passages = json.loads((project / "metrics" / "clean.json").read_text())["records_out"]
+        tokens = tokenized_tokens(project)
         outputs = {"ingested": "data/interim/ingested.parquet", "clean": "data/interim/clean.parquet",
                    "processed": "data/processed", "tokenized": "data/tokenized"}
         sizes = {k: round(disk_bytes(project / v) / 1e9, 2) for k, v in outputs.items()}
@@ -120,12 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},
         "num_proc": args.num_proc, "corpus_gb": round(size / 1e9, 2), "files": files,
-        "passages": metrics["clean"]["records_out"],
-        "tokens": sum(v["tokens"] for v in metrics["tokenize"].values() if isinstance(v, dict)),
+        "passages": passages,
+        "tokens": tokens,
         "stages": stages, "output_gb": sizes,
         "data_stage_seconds": round(sum(stages[s]["seconds"] for s in data_stages), 1),
         "peak_memory_gb": max(stages[s]["peak_memory_gb"] for s in data_stages),
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 import tempfile
 import time
@@ -11,51 +10,9 @@ from typing import Any
 
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, TINY, load_from
+
 BLOCK, BATCH = 256, 4
-
-
-def write_section(md: Path, section: str, markers: tuple[str, str]) -> None:
-    """bench/results.md with the section between `markers` replaced by `section` (which starts
-    and ends with them), or appended."""
-    text = md.read_text(encoding="utf-8") if md.exists() else ""
-    pattern = re.compile(re.escape(markers[0]) + ".*?" + re.escape(markers[1]) + "\n?", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text}\n{section}"
-    md.write_text(text, encoding="utf-8")
-
-
-def base_model_dir(where: Path) -> Path:
-    """models/base of this project (after `dvc repro` or `dvc pull`), else built once under
-    `where` by the base_model stage and reused by every benchmark of the run."""
-    if (ROOT / "models" / "base" / "config.json").exists():
-        return ROOT / "models" / "base"
-    project = where / "base"
-    if not (project / "models" / "base" / "config.json").exists():
-        from bench.__main__ import run_stage
-
-        project.mkdir(exist_ok=True)
-        (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-        run_stage(project, "base_model")
-    return project / "models" / "base"
-
-
-def load(where: Path, quick: bool) -> tuple[Any, Any]:
-    """The default model (full run) or a tiny one with the same tokenizer (--quick)."""
-    return load_from(base_model_dir(where), quick)
-
-
-def load_from(path: Path, quick: bool) -> tuple[Any, Any]:
-    """The model in `path` and its tokenizer, or (quick) a tiny Llama with that tokenizer."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from finetune.models.loading import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(path)
-    if not quick:
-        return load_model(path), tokenizer
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, vocab_size=len(tokenizer))
-    return AutoModelForCausalLM.from_config(config), tokenizer
 
 
 def sample_text() -> list[str]:
@@ -65,7 +22,7 @@ def sample_text() -> list[str]:
 def packed_dataset(tokenizer: Any, texts: list[str]) -> Any:
     """This pipeline's way (the tokenize stage's own function): documents joined with EOS, cut
     into full blocks, no padding."""
-    from stages.tokenize import packed_dataset as pack_texts
+    from finetune.text.tokenized import packed_dataset as pack_texts
 
     paragraphs = [p for t in texts for p in t.split("\n\n")]
     return pack_texts(pa.chunked_array([paragraphs]), tokenizer, BLOCK)[0]
@@ -103,14 +60,18 @@ def train_tokens_per_second(model: Any, tokenizer: Any, dataset: Any, collator: 
         return trainer.state.num_input_tokens_seen / (time.perf_counter() - started)
 
 
-def train_throughput(where: Path, quick: bool, repeats: int) -> dict[str, Any]:
+def train_throughput(base: Path, quick: bool, repeats: int, real_tokens: int | None = None
+                     ) -> dict[str, Any]:
+    """Real tokens per second of the Trainer on this pipeline's packed blocks and on the usual
+    tutorial's padded lines, until each has seen `real_tokens` (default: 16 batches of full
+    blocks with --quick, else 6)."""
     from transformers import DataCollatorForLanguageModeling
 
     from finetune.models.collators import collator
 
-    model, tokenizer = load(where, quick)
+    model, tokenizer = load_from(base, quick)
     texts = sample_text()
-    real_tokens = 16 * BATCH * BLOCK if quick else 6 * BATCH * BLOCK
+    real_tokens = real_tokens or (16 if quick else 6) * BATCH * BLOCK
     packed = packed_dataset(tokenizer, texts)
     tutorial = tutorial_dataset(tokenizer, texts)
     ours = statistics.median(train_tokens_per_second(model, tokenizer, packed, collator(tokenizer),
@@ -118,7 +79,7 @@ def train_throughput(where: Path, quick: bool, repeats: int) -> dict[str, Any]:
     lm_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     theirs = statistics.median(train_tokens_per_second(model, tokenizer, tutorial, lm_collator,
                                                        real_tokens) for _ in range(repeats))
-    return {"model": "tiny (2 layers, width 64)" if quick else "SmolLM2-135M-Instruct",
+    return {"model": TINY if quick else "SmolLM2-135M-Instruct",
             "real_tokens": real_tokens, "packed_tokens_s": round(ours, 1),
             "tutorial_tokens_s": round(theirs, 1), "train_vs_tutorial": round(ours / theirs, 2)}
 
@@ -135,16 +96,19 @@ def per_example_loss(model: Any, dataset: Any) -> int:
     return tokens
 
 
-def eval_throughput(where: Path, quick: bool, repeats: int) -> dict[str, Any]:
-    from stages.evaluate import mean_token_loss
+def eval_throughput(base: Path, quick: bool, repeats: int, examples: int | None = None
+                    ) -> dict[str, Any]:
+    """Tokens per second of the evaluate stage's batched loss against a per-example loop, over
+    `examples` packed blocks (default: 64 with --quick, else 24)."""
+    from finetune.scoring.evaluation import mean_token_loss
 
-    model, tokenizer = load(where, quick)
+    model, tokenizer = load_from(base, quick)
     test = packed_dataset(tokenizer, sample_text())
-    test = test.select(range(min(len(test), 64 if quick else 24)))
+    test = test.select(range(min(len(test), examples or (64 if quick else 24))))
 
     def batched() -> float:
         started = time.perf_counter()
-        _, tokens = mean_token_loss(model, test, tokenizer, 8, "cpu", "bench")
+        tokens = mean_token_loss(model, test, tokenizer, 8, "cpu", "bench").tokens
         return tokens / (time.perf_counter() - started)
 
     def loop() -> float:
@@ -187,10 +151,11 @@ def markdown(r: dict[str, Any]) -> str:
          f"{e['loop_tokens_s']} (per-example loop)", f"{e['eval_vs_loop']}×",
          f"≥ {targets['eval_vs_loop']}×", met(e["eval_vs_loop"], "eval_vs_loop")),
     ]
+    scale = " (--smoke)" if r.get("smoke") else " (--quick)" if r["quick"] else ""
     scaling = ", ".join(f"{v['megabytes']} MB: {v['seconds']} s ({v['seconds_per_mb']} s/MB)"
                         for v in r["scaling"].values())
     lines = [f"Machine: {m['cores']} cores, {m['cpu']}, GPU: {m['gpu'] or 'none'}; torch "
-             f"{m['torch']}; median of {r['repeats']} run(s){' (--quick)' if r['quick'] else ''}.",
+             f"{m['torch']}; median of {r['repeats']} run(s){scale}.",
              "", "| figure | this pipeline | alternative | ratio | target | met |",
              "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -9,6 +9,7 @@ bench/results.md. Benchmarks are not tests: nothing here asserts a timing."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -16,34 +17,64 @@ import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from bench.model_bench import ROOT, write_section
+from bench.common import ROOT, write_section
 
 SECTION = ("<!-- serve:start -->", "<!-- serve:end -->")
 TOKENS, RUNS = 32, 5
 PROMPT = "The storm came in from the west, and"
+STARTUP_LIMIT, STOP_LIMIT = 300, 30  # seconds the server may take to answer, and to stop
 
 
-def start(model: Path) -> tuple[subprocess.Popen, str, float]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start(model: Path, log: IO[bytes]) -> tuple[subprocess.Popen, str, float]:
+    """`serve` on `model` (relative to the project root) on a free loopback port, in its own
+    process group, its output to `log`: the process, its base URL and its startup seconds."""
+    port = free_port()
     began = time.perf_counter()
-    server = subprocess.Popen([shutil.which("serve") or "serve", "--model", str(model), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen([shutil.which("serve") or "serve", "--model", str(model), "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                              stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url, time.perf_counter() - began
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit("serve exited before it answered") from None
-            time.sleep(0.2)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    return server, url, time.perf_counter() - began
+            except OSError:
+                if server.poll() is not None:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"serve exited before it answered:\n{tail}") from None
+                if time.perf_counter() - began > STARTUP_LIMIT:
+                    raise RuntimeError(f"serve did not answer within {STARTUP_LIMIT} s") from None
+                time.sleep(0.2)
+    except BaseException:
+        stop(server)
+        raise
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group, SIGKILL to what is left after STOP_LIMIT s."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=STOP_LIMIT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=STOP_LIMIT)
+    with contextlib.suppress(ProcessLookupError):  # a worker the server left behind
+        os.killpg(server.pid, signal.SIGKILL)
 
 
 def timed(create: Any, text_of: Any) -> tuple[float, float, int]:
@@ -55,33 +86,41 @@ def timed(create: Any, text_of: Any) -> tuple[float, float, int]:
             pieces += 1
             first = first or time.perf_counter()
     end = time.perf_counter()
+    if first is None:
+        raise RuntimeError("the server streamed no text")
     return first - began, (pieces - 1) / (end - first) if pieces > 1 else 0.0, pieces
 
 
-def bench(model: Path) -> dict[str, Any]:
+def bench(model: Path, tokens: int = TOKENS, runs: int = RUNS) -> dict[str, Any]:
+    """Startup, time to the first token and decoding rate of `serve` on `model`, median of
+    `runs` streams of `tokens` tokens per endpoint; the server is stopped before it returns."""
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe that would fill and stall it
+        server, url, startup = start(model, log)
+        try:
+            return measure(url, str(model), startup, tokens, runs)
+        finally:
+            stop(server)
+
+
+def measure(url: str, name: str, startup: float, tokens: int, runs: int) -> dict[str, Any]:
+    """The figures of bench(), asked of the server at `url` through the openai client."""
     import openai
 
-    server, url, startup = start(model)
-    try:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=300)
-        name = str(model)
-        chat = lambda: client.chat.completions.create(  # noqa: E731
-            model=name, messages=[{"role": "user", "content": PROMPT}], max_tokens=TOKENS,
-            temperature=0, stream=True)
-        plain = lambda: client.completions.create(  # noqa: E731
-            model=name, prompt=PROMPT, max_tokens=TOKENS, temperature=0, stream=True)
-        results: dict[str, Any] = {"startup_seconds": round(startup, 1), "tokens": TOKENS, "runs": RUNS}
-        for label, create, text_of in (("chat", chat, lambda c: c.delta.content),
-                                       ("completions", plain, lambda c: c.text)):
-            timed(create, text_of)  # warm-up
-            runs = [timed(create, text_of) for _ in range(RUNS)]
-            results[label] = {"first_token_ms": round(1000 * statistics.median(r[0] for r in runs)),
-                              "tokens_per_second": round(statistics.median(r[1] for r in runs), 1),
-                              "chunks": runs[0][2]}
-        return results
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=300)
+    chat = lambda: client.chat.completions.create(  # noqa: E731
+        model=name, messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens,
+        temperature=0, stream=True)
+    plain = lambda: client.completions.create(  # noqa: E731
+        model=name, prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True)
+    results: dict[str, Any] = {"startup_seconds": round(startup, 1), "tokens": tokens, "runs": runs}
+    for label, create, text_of in (("chat", chat, lambda c: c.delta.content),
+                                   ("completions", plain, lambda c: c.text)):
+        timed(create, text_of)  # warm-up
+        streams = [timed(create, text_of) for _ in range(runs)]
+        results[label] = {"first_token_ms": round(1000 * statistics.median(r[0] for r in streams)),
+                          "tokens_per_second": round(statistics.median(r[1] for r in streams), 1),
+                          "chunks": streams[0][2]}
+    return results
 
 
 def table(r: dict[str, Any], model: str) -> str:
@@ -98,13 +137,19 @@ def table(r: dict[str, Any], model: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("models/finetuned"))
+    parser.add_argument("--model", type=Path, default=Path("models/finetuned"),
+                        help="the model folder (relative to the project root)")
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per stream")
+    parser.add_argument("--runs", type=int, default=RUNS, help="streams per endpoint (median)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "serve.json",
+                        help="the figures; the table goes to results.md beside it")
     args = parser.parse_args(argv)
-    os.chdir(ROOT)
-    results = bench(args.model)
-    model = f"SmolLM2-135M-Instruct fine-tuned ({args.model})"
-    (ROOT / "bench" / "serve.json").write_text(json.dumps({"model": model, **results}, indent=2) + "\n")
-    write_section(ROOT / "bench" / "results.md", table(results, model), SECTION)
+    results = bench(args.model, args.tokens, args.runs)
+    model = (f"SmolLM2-135M-Instruct fine-tuned ({args.model})" if not args.model.is_absolute()
+             else str(args.model))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": model, **results}, indent=2) + "\n")
+    write_section(args.out.with_name("results.md"), table(results, model), SECTION)
     print(table(results, model))
 
 

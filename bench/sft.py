@@ -14,8 +14,8 @@ and reports real (non-padding) training tokens per second, and the answer perple
 reaches on the same test tokens (this pipeline's tokenized test split, scored by the evaluate
 stage's own function). Chat uses `tokenize.train_on: last`, the loss TRL's prompt/completion
 form gives (its assistant_only_loss needs `{% generation %}` markers that SmolLM2's template
-lacks). Writes bench/sft.json and the "Short examples" section of bench/results.md.
-Benchmarks are not tests: nothing here asserts a timing."""
+lacks). Writes bench/sft.json and the "Short examples" section of bench/results.md (--quick:
+bench/sft-quick.json only). Benchmarks are not tests: nothing here asserts a timing."""
 
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.model_bench import base_model_dir, load_from, write_section
+from bench.common import ROOT, base_model_dir, load_from, write_section
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH, LR = 4, 1.0e-4
 DATA = {"pairs": "data/examples/pairs", "chat": "data/examples/chat"}
 BLOCK = {"pairs": 256, "chat": 512}  # the sample chats are 97-313 tokens (SmolLM2), the pairs ~120
 TARGETS = {"packed_vs_padded": 1.3, "packed_vs_trl": 1.2}
 SECTION = ("<!-- sft:start -->", "<!-- sft:end -->")
+CONTENDERS = ("packed", "padded", "padded_same_examples", "trl_bfd", "trl_wrapped")
 
 
 def prepare(mode: str, packing: bool, base: Path, where: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -52,9 +52,12 @@ def prepare(mode: str, packing: bool, base: Path, where: Path) -> tuple[Any, Any
     paths = PATHS.under(where)
     paths.base_model.parent.mkdir(parents=True, exist_ok=True)
     paths.base_model.symlink_to(base)
-    for stage in (ingest, clean, split):
-        stage.run(params, paths)
-    return params, paths, tokenize.run(params, paths)
+    ingest.run(params.mode, params.ingest, num_proc=1, paths=paths)
+    clean.run(params.mode, params.clean, num_proc=1, paths=paths)
+    split.run(params.seed, params.mode, params.split, paths=paths)
+    summary = tokenize.run(params.mode, params.tokenize, params.ingest.on_error, num_proc=1,
+                           paths=paths)
+    return params, paths, summary
 
 
 def arguments(out: str, steps: int, **extra: Any) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def ours(model: Any, tokenizer: Any, paths: Any, steps: int, batch: int = BATCH
     from transformers import TrainingArguments
 
     from finetune.models.collators import collator
-    from stages.train import packed_trainer
+    from finetune.training.trainer import packed_trainer
 
     train = datasets.load_from_disk(str(paths.tokenized / "train"))
     packed = "position_ids" in train.column_names
@@ -131,11 +134,10 @@ def timed(trainer: Any) -> tuple[Any, float, int]:
 def answer_perplexity(model: Any, tokenizer: Any, test_paths: Any) -> float:
     import datasets
 
-    from stages.evaluate import mean_token_loss
+    from finetune.scoring.evaluation import mean_token_loss
 
     test = datasets.load_from_disk(str(test_paths.tokenized / "test"))
-    loss, _ = mean_token_loss(model, test, tokenizer, 8, "cpu", "test")
-    return round(math.exp(loss), 3)
+    return round(math.exp(mean_token_loss(model, test, tokenizer, 8, "cpu", "test").mean), 3)
 
 
 def fresh_model(base: Path, quick: bool) -> Any:
@@ -182,15 +184,26 @@ def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path,
     if "base_perplexity" not in results:
         results["base_perplexity"] = answer_perplexity(fresh_model(base, quick), tokenizer,
                                                        packed_paths)
-    faster = max(("trl_bfd", "trl_wrapped"), key=lambda k: results[k]["tokens_s"])
-    packed = results["packed"]["tokens_s"]
-    results["packed_vs_padded"] = round(packed / results["padded"]["tokens_s"], 2)
-    if "padded_same_examples" in results:
-        results["packed_vs_padded_same_examples"] = round(
-            packed / results["padded_same_examples"]["tokens_s"], 2)
-    results["faster_trl"] = faster
-    results["packed_vs_trl"] = round(packed / results[faster]["tokens_s"], 3)
-    return results
+    return results | ratios(results)
+
+
+def ratios(r: dict[str, Any]) -> dict[str, Any]:
+    """Packed against the contenders that ran: padded, padded with as many examples per step,
+    and the faster of TRL's two packings."""
+    if "packed" not in r:
+        return {}
+    packed = r["packed"]["tokens_s"]
+    out: dict[str, Any] = {}
+    if "padded" in r:
+        out["packed_vs_padded"] = round(packed / r["padded"]["tokens_s"], 2)
+    if "padded_same_examples" in r:
+        out["packed_vs_padded_same_examples"] = round(packed / r["padded_same_examples"]["tokens_s"], 2)
+    rivals = [k for k in ("trl_bfd", "trl_wrapped") if k in r]
+    if rivals:
+        faster = max(rivals, key=lambda k: r[k]["tokens_s"])
+        out["faster_trl"] = faster
+        out["packed_vs_trl"] = round(packed / r[faster]["tokens_s"], 3)
+    return out
 
 
 def met(r: dict[str, Any], key: str) -> bool:
@@ -201,6 +214,13 @@ def met(r: dict[str, Any], key: str) -> bool:
         ratio = r["packed"]["tokens_s"] / rival["tokens_s"]
         return ratio >= TARGETS[key] and r["packed"]["perplexity"] <= rival["perplexity"]
     return r[key] >= TARGETS[key]
+
+
+def ratio_cell(r: dict[str, Any], key: str) -> str:
+    """A ratio of the table, marked where it misses its target; empty where it was not run."""
+    if key not in r:
+        return ""
+    return f"{r[key]}×" + ("" if key not in TARGETS or met(r, key) else " **not met**")
 
 
 def table(results: dict[str, Any], steps: int, model: str) -> str:
@@ -229,11 +249,10 @@ def table(results: dict[str, Any], steps: int, model: str) -> str:
               "per step | packed ÷ faster TRL (target ≥ 1.2× at equal or better perplexity) | "
               "packing efficiency | examples per block |", "|---|---|---|---|---|---|"]
     for mode, r in results.items():
-        marks = [("" if met(r, k) else " **not met**") for k in TARGETS]
-        same = r.get("packed_vs_padded_same_examples")
-        lines.append(f"| {mode} | {r['packed_vs_padded']}×{marks[0]} | "
-                     f"{f'{same}×' if same else ''} | {r['packed_vs_trl']}×{marks[1]} | "
-                     f"{r['packing_efficiency']} | {r['examples_per_block']} |")
+        cells = [ratio_cell(r, k) for k in ("packed_vs_padded", "packed_vs_padded_same_examples",
+                                             "packed_vs_trl")]
+        lines.append(f"| {mode} | {' | '.join(cells)} | {r['packing_efficiency']} | "
+                     f"{r['examples_per_block']} |")
     return "\n".join(lines + [SECTION[1]]) + "\n"
 
 
@@ -243,29 +262,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny model: a smoke test")
     parser.add_argument("--modes", nargs="+", default=list(DATA), choices=list(DATA))
     parser.add_argument("--table", action="store_true",
-                        help="only write the table again from bench/sft.json")
-    parser.add_argument("--contenders", nargs="+", default=None,
-                        help="run only these (packed, padded, padded_same_examples, trl_bfd, "
-                        "trl_wrapped) and merge them into the existing results")
+                        help="only write the table again from the figures (--out)")
+    parser.add_argument("--contenders", nargs="+", default=None, choices=CONTENDERS,
+                        help="run only these and merge them into the existing results")
+    parser.add_argument("--base", type=Path, default=None,
+                        help="the base model folder (default: models/base, else one built by the "
+                        "base_model stage); --quick uses only its tokenizer")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the figures (default bench/sft.json, --quick bench/sft-quick.json); "
+                        "the table goes to results.md beside it")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = ROOT / "bench" / ("sft-quick.json" if args.quick else "sft.json")
+    out = args.out or ROOT / "bench" / ("sft-quick.json" if args.quick else "sft.json")
+    md = out.with_name("results.md")
     if args.table:
         saved = json.loads(out.read_text())
-        write_section(ROOT / "bench" / "results.md",
-                      table(saved["results"], saved["steps"], saved["model"]), SECTION)
+        write_section(md, table(saved["results"], saved["steps"], saved["model"]), SECTION)
         return
     earlier = json.loads(out.read_text())["results"] if args.contenders and out.exists() else {}
     with tempfile.TemporaryDirectory() as where:
-        base = base_model_dir(Path(where))
+        base = base_model_dir(Path(where), args.base)
         results = {**earlier, **{mode: bench_mode(mode, base, args.steps, args.quick,
                                                   Path(where) / mode, args.contenders,
                                                   earlier.get(mode))
                                  for mode in args.modes}}
     model = "tiny model (2 layers, width 64)" if args.quick else "SmolLM2-135M-Instruct"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "steps": args.steps, "results": results}, indent=2) + "\n")
     if not args.quick:
-        write_section(ROOT / "bench" / "results.md", table(results, args.steps, model), SECTION)
+        write_section(md, table(results, args.steps, model), SECTION)
     print(table(results, args.steps, model))
 
 
