@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest-xdist worker per core: each worker's torch (and every stage process it starts,
+    # which inherits this) computes on one thread. Two threads per worker on a core each would
+    # fight over the cores, which made tiny models' steps several times slower.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 from finetune.config.schema import Params
 from finetune.paths import PATHS, Paths

@@ -13,11 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from finetune.config.schema import Params
 from finetune.paths import Paths
 from tests.helpers import BOOK_A, BOOK_B, tiny_params
+
+pytestmark = pytest.mark.slow  # the data stages as processes, twice
 
 OUTPUTS = ("data/interim", "data/processed", "data/tokenized", "models/base")
 VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME",

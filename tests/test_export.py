@@ -77,6 +77,7 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
     return tokenizer
 
 
+@pytest.mark.slow  # reads each GGUF back through transformers' loader
 @pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
@@ -120,6 +121,7 @@ def test_another_architecture_ends_in_one_line_naming_it(tmp_path: Path,
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.slow  # a real export and its read-back check
 def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, Paths],
                                                          tmp_path: Path) -> None:
     params, paths = trained
@@ -138,6 +140,7 @@ def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, 
 
 
 
+@pytest.mark.slow  # two real exports
 def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
         trained: tuple[Params, Paths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = Paths().under(tmp_path)

@@ -86,6 +86,7 @@ def test_interactive_mode_answers_each_line_until_an_empty_one(project: Path) ->
     assert "never read" not in text
 
 
+@pytest.mark.slow  # two command processes
 def test_the_console_script_is_installed_and_reports_errors_in_one_line(project: Path) -> None:
     script = shutil.which("generate")
     assert script, "`generate` is not on PATH: is the project installed (uv sync)?"

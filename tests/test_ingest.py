@@ -233,6 +233,7 @@ def test_parquet_with_the_wrong_schema(tmp_path: Path, table: dict, mode: str, m
     assert summary["skipped_by_reason"] == {reason: 1}
 
 
+@pytest.mark.slow  # 50 MB through the readers
 def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
     from finetune.config.clean import CleanParams
 

@@ -23,7 +23,8 @@ from tests.helpers import ROOT, evaluate_models, run_stage, write_metrics
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
                 None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium"),
+              pytest.mark.slow]  # a real browser
 ARTIFACTS = ROOT / ".ci-artifacts"
 PLOT_BLUE = (31, 119, 180)  # matplotlib's first line colour: the train loss curve
 

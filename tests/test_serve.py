@@ -25,6 +25,8 @@ from commands import generate
 from finetune.config.schema import Params
 from finetune.paths import Paths
 
+pytestmark = pytest.mark.slow  # a real server process
+
 PROMPT = "Where is my order FH-1003?"
 
 
