@@ -5,6 +5,7 @@ Params: `export`."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from finetune.config.export import ExportParams
@@ -16,11 +17,11 @@ from finetune.files import atomic_output
 from finetune.models.loading import context_length, load_model, load_tokenizer
 from finetune.paths import PATHS, Paths
 from finetune.stage import stage_main
+from finetune.text.prompts import read_inference
 
 
 def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
-    from transformers import GenerationConfig
-
+    asking = read_inference(paths.finetuned)  # the stop tokens and sampling it is asked with
     model = load_model(paths.finetuned)
     model.eval()
     tokenizer = load_tokenizer(paths.finetuned)
@@ -28,8 +29,8 @@ def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
     with atomic_output(paths.export) as tmp:  # the file and its Modelfile appear together or not
         tmp.mkdir()
         written = write_gguf(paths.finetuned, model, tokenizer, export.gguf_type, tmp / name, export.name)
-        text, template = modelfile(name, tokenizer, GenerationConfig.from_pretrained(paths.finetuned),
-                                   context_length(model.config))
+        defaults = SimpleNamespace(eos_token_id=asking.stop_token_ids, **asking.sampling)
+        text, template = modelfile(name, tokenizer, defaults, context_length(model.config))
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         check = compare(tmp / name, model, tokenizer)
         if not check["tokenizer_agrees"] or check["top_token_agreement"] < 0.5:

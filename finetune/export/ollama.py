@@ -122,7 +122,8 @@ def go_template(t: Template) -> str:
 
 def modelfile(gguf_name: str, tokenizer: Any, generation: Any, context: int) -> tuple[str, str]:
     """The Modelfile text for the GGUF file `gguf_name` beside it, and how its template was
-    found ("derived" or "from the GGUF file"). `generation` is the folder's generation config."""
+    found ("derived" or "from the GGUF file"). `generation` says the stop tokens (eos_token_id)
+    and default sampling: the Inference of the model folder, or a generation config."""
     from finetune.text.prompts import adds_bos
 
     bos = tokenizer.bos_token if adds_bos(tokenizer) else None
