@@ -24,19 +24,19 @@ from typing import Any
 import yaml
 
 from bench import corpus, model_bench
-from bench.common import ROOT, base_model_dir, run_stage, tiny_base, tokenized_tokens, write_head
+from bench.common import (
+    ROOT,
+    TINY_PROJECT,
+    base_model_dir,
+    run_stage,
+    tiny_base,
+    tokenized_tokens,
+    write_head,
+)
 
 DATA_STAGES = ("ingest", "clean", "split", "tokenize")
 TARGETS = {"cached_rerun_s": 2.0, "tokenize_vs_raw": 0.8, "data_path_vs_raw": 0.5,
            "peak_memory_gb": 3.0, "train_vs_tutorial": 1.3, "eval_vs_loop": 3.0}
-# The copy of this project whose cached `dvc repro` is timed: a tiny scratch model, a short run.
-TINY_PROJECT = {
-    "model": {"source": "scratch"},
-    "tokenize": {"block_size": 64},
-    "train": {"max_steps": 8, "batch_size": 4, "eval_steps": 4, "logging_steps": 2,
-              "learning_rate": 3.0e-3, "device": "cpu"},
-    "evaluate": {"max_new_tokens": 8},
-}
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 

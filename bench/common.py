@@ -114,3 +114,14 @@ def load_from(path: Path, quick: bool) -> tuple[Any, Any]:
 
     tokenizer = load_tokenizer(path)
     return (tiny_model(tokenizer) if quick else load_model(path)), tokenizer
+
+
+# A copy of this project with a tiny scratch model and a short run: the cached `dvc repro` that
+# bench times, and the tiny project of the tests' real DVC runs (tests.helpers).
+TINY_PROJECT = {
+    "model": {"source": "scratch"},
+    "tokenize": {"block_size": 64},
+    "train": {"max_steps": 8, "batch_size": 4, "eval_steps": 4, "logging_steps": 2,
+              "learning_rate": 3.0e-3, "device": "cpu"},
+    "evaluate": {"max_new_tokens": 8},
+}

@@ -4,7 +4,6 @@ tests that run the real DVC."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import secrets
@@ -18,6 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from bench.common import TINY_PROJECT
 from finetune.config.schema import Params
 from finetune.paths import Paths
 
@@ -87,15 +87,6 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
-TINY = {
-    "model": {"source": "scratch"},
-    "tokenize": {"block_size": 64},
-    "train": {"max_steps": 8, "batch_size": 4, "eval_steps": 4, "logging_steps": 2,
-              "learning_rate": 3.0e-3, "device": "cpu"},
-    "evaluate": {"max_new_tokens": 8},
-}
-
-
 DATA_STAGES = ("ingest", "clean", "split", "base_model", "tokenize")
 
 
@@ -139,12 +130,12 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 def tiny_project(repo: Path, overrides: dict | None = None) -> Path:
-    """A copy of this repository in its own git repository (one commit), with the TINY params
+    """A copy of this repository in its own git repository (one commit), with the TINY_PROJECT params
     and `overrides` merged into params.yaml."""
     for name in project_files():
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY_PROJECT)
     (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, overrides or {}),
                                                      sort_keys=False))
     sh(repo, "git", "init", "-q", "-b", "main")
@@ -159,12 +150,14 @@ def frame(texts: list[str], doc: str = "d") -> pd.DataFrame:
 
 
 def run_stage(stage: ModuleType, params: Params, paths: Paths, **extra: Any) -> dict[str, Any]:
-    """A stage's run() on `paths`, given the params sections its signature names, taken from
-    the whole `params` (as stage_main gives them from params.yaml)."""
-    names = [n for n in inspect.signature(stage.run).parameters if n not in ("paths", "params_file")]
-    keys = {"on_error": ("ingest", "on_error")}  # a parameter that is one key of another section
-    values = {n: getattr(getattr(params, keys[n][0]), keys[n][1]) if n in keys else getattr(params, n)
-              for n in names}
+    """A stage's run() on `paths`, given the params keys its signature names, taken from the
+    whole `params` as stage_main takes them from params.yaml (finetune.stage.run_schema)."""
+    from finetune.config.loading import Key, section_name
+    from finetune.stage import run_schema
+
+    values = {name: getattr(getattr(params, section_name(kind.section)), kind.name)
+              if isinstance(kind, Key) else getattr(params, name)
+              for name, kind in run_schema(stage.run).items()}
     return stage.run(**values, paths=paths, **extra)
 
 
