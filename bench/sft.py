@@ -177,7 +177,7 @@ def bench_mode(mode: str, base: Path, steps: int, quick: bool, where: Path,
         if contenders and name not in contenders:
             continue
         model, seconds, tokens = run(fresh_model(base, quick))
-        results[name] = {"tokens_s": round(tokens / seconds, 1), "seconds": round(seconds, 1),
+        results[name] = {"tokens_s": round(tokens / seconds, 1), "seconds": round(seconds, 3),
                          "real_tokens": tokens,
                          "perplexity": answer_perplexity(model, tokenizer, packed_paths)}
         print(f"sft bench: {mode} {name}: {results[name]}", flush=True)
