@@ -5,8 +5,10 @@
 
 It is transformers' own server (`transformers serve`: /v1/chat/completions with and without
 streaming, /v1/completions, /v1/responses), pinned to one model folder, which answers as it was
-trained: the folder's chat template renders a chat request as training rendered its examples
-(finetune.text.prompts.inference), its generation config holds the stop tokens and default sampling.
+trained: it reads how the model is asked as evaluate, generate and export do (the folder's
+inference.json, else data/tokenized/inference.json: finetune.text.prompts.inference_for), so the
+chat template renders a chat request as training rendered its examples, and the stop tokens and
+default sampling are tokenize's.
 Four things are added here, each missing from `transformers serve` as measured (transformers
 5.23): /v1/models lists the served model (it scans the Hugging Face cache instead, and answers
 500 without one); a malformed request gets a 4xx with an OpenAI-style JSON error, not a 500 from
@@ -27,6 +29,7 @@ from finetune.serving import (
     build_app,
     check_port_free,
 )
+from finetune.text.prompts import inference_for
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--inference", type=Path, default=None,
+                        help="how to ask the model: an inference.json as tokenize writes it "
+                        f"(default: the model folder's, else {PATHS.inference_file})")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
@@ -50,10 +56,11 @@ def run(args: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
     local_model_dir(args.model)  # a missing folder fails here, in one line
+    asked = inference_for(args.model, args.inference)
     check_port_free(args.host, args.port)
     hf_logging.set_verbosity_error()  # not a "[Request received]" warning per request
     started = time.perf_counter()
-    app = build_app(args.model, pick_device(args.device))
+    app = build_app(args.model, pick_device(args.device), asked)
     print(f"serve: {args.model} loaded in {time.perf_counter() - started:.1f} s; OpenAI API at "
           f"http://{args.host}:{args.port}/v1 (model name {str(args.model)!r}); Ctrl-C stops",
           file=sys.stderr, flush=True)

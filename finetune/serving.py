@@ -4,10 +4,13 @@ checked before they reach the model."""
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError
+from finetune.models.loading import set_inference
+from finetune.text.prompts import Inference
 
 ROLES = {"system", "user", "assistant", "tool"}
 
@@ -63,9 +66,12 @@ def error_body(message: str, status: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
-def build_app(model: Path, device: str) -> Any:
+def build_app(model: Path, device: str, asked: Inference | None = None) -> Any:
     """transformers serve's application, pinned to `model` and loaded, with the additions above.
-    Assembled from transformers.cli.serving as its `Serve` command assembles it."""
+    Assembled from transformers.cli.serving as its `Serve` command assembles it. `asked`
+    (finetune.text.prompts.inference_for) sets the loaded model's chat template, stop tokens and
+    default sampling, so it answers as evaluate and generate ask it whatever the folder holds; a
+    model from elsewhere (no stop tokens known) keeps its own."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -93,6 +99,9 @@ def build_app(model: Path, device: str) -> Any:
 
     name = str(model)
     manager = ModelManager(device=device, force_model=name)  # loads it now, never unloads it
+    (loaded,) = manager.loaded_models.values()
+    if asked is not None and asked.stop_token_ids:
+        set_inference(loaded.model, loaded.processor, asdict(asked))
     state = GenerationState()
     app: FastAPI = build_server(
         manager, Chat(manager, state), completion_handler=Completion(manager, state),
@@ -103,6 +112,8 @@ def build_app(model: Path, device: str) -> Any:
     entry = {"id": name, "object": "model", "created": int((model / "config.json").stat().st_mtime),
              "owned_by": "finetune-pipeline"}
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/models"]
+
+    app.state.served = loaded  # the model and tokenizer requests are answered with
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:

@@ -165,3 +165,28 @@ def test_a_missing_model_or_a_busy_port_ends_in_one_line(server: tuple[str, str]
                           text=True, env=env, timeout=120)
     assert busy.returncode == 1
     assert busy.stderr.strip().splitlines()[-1].startswith(f"serve: error: --host 127.0.0.1 --port {port}")
+
+
+def test_the_served_model_is_asked_as_inference_json_says(
+        trained_chat: tuple[Params, Paths], tmp_path: Path) -> None:
+    """serve reads how to ask the model through inference_for, as generate and evaluate do: a
+    folder whose tokenizer and generation config lost the chat template and stop tokens is served
+    with inference.json's."""
+    from finetune.serving import build_app
+    from finetune.text.prompts import inference_for
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_chat[1].finetuned, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "generation_config.json").unlink()
+    asked = inference_for(folder)
+    assert asked.stop_token_ids and asked.mode == "chat"
+
+    served = build_app(folder, "cpu", asked).state.served
+    assert served.processor.chat_template == asked.chat_template
+    stop = served.model.generation_config.eos_token_id
+    assert (stop if isinstance(stop, list) else [stop]) == asked.stop_token_ids
+    assert served.model.generation_config.temperature == asked.sampling["temperature"]
