@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from finetune.models.loading import load_model, load_tokenizer
+from finetune.seeding import set_seed
 from finetune.text.prompts import (
     Inference,
     Renderer,
@@ -50,7 +51,6 @@ class Generator:
         """Stream the continuation (text mode: after the prompt) to `out`; return it. In a
         --chat session the prompt and reply join the history."""
         import torch
-        from transformers import set_seed
 
         text, special = render(prompt, self.tokenizer, self.asking, self.mode, self.history,
                                self.args.system)

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from finetune.bytecode import keep_bytecode
+
+keep_bytecode(children=True)  # the workers, and the stages and scripts the tests start
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One pytest-xdist worker per core: each worker's torch (and every stage process it starts,
     # which inherits this) computes on one thread. Two threads per worker on a core each would

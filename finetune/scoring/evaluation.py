@@ -20,6 +20,7 @@ from finetune.models.loading import load_model, load_tokenizer
 from finetune.paths import Paths
 from finetune.scoring import scores
 from finetune.scoring.reference import reference_blocks
+from finetune.seeding import set_seed
 from finetune.scoring.scores import (
     RowLosses,
     answer_scores,
@@ -191,8 +192,6 @@ def score_model(path: Path, label: str, seed: int, p: EvaluateParams, asking: In
     """Loss/perplexity (and answer scores) of the model in `path` on the test split, per test row
     too, and on the reference text; its sample generations (greedy and sampled) and how
     repetitive they are."""
-    from transformers import set_seed
-
     set_seed(seed)
     model, tokenizer = load_model(path, device), load_tokenizer(path)
     loss, tokens, by_row = mean_token_loss(model, test, tokenizer, p.batch_size, device, label, n_rows)
