@@ -27,7 +27,7 @@ import yaml
 from bench import corpus
 from bench.common import ROOT, tokenized_tokens
 
-STAGES = ("ingest", "clean", "split", "base_model", "tokenize")
+STAGES = ("ingest", "clean", "split", "scratch_texts", "base_model", "tokenize")
 
 
 def tree_memory(process: psutil.Process) -> tuple[int, int]:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
                    "processed": "data/processed", "tokenized": "data/tokenized"}
         sizes = {k: round(disk_bytes(project / v) / 1e9, 2) for k, v in outputs.items()}
         shutil.rmtree(project)
-    data_stages = [s for s in STAGES if s != "base_model"]
+    data_stages = [s for s in STAGES if s not in ("scratch_texts", "base_model")]
     results = {
         "machine": {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1)},
         "num_proc": args.num_proc, "corpus_gb": round(size / 1e9, 2), "files": files,

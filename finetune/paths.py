@@ -16,6 +16,7 @@ class Paths:
     """Every artifact of the pipeline, relative to the project root; dvc.yaml declares the same
     paths and tests/test_params.py checks that the two agree."""
 
+    scratch_texts: Path = Path("data/interim/scratch_texts.json")  # a scratch tokenizer's texts
     ingested: Path = Path("data/interim/ingested.parquet")
     clean: Path = Path("data/interim/clean.parquet")
     processed: Path = Path("data/processed")
@@ -43,6 +44,11 @@ class Paths:
     def human_eval(self) -> Path:
         """The blind A/B ratings `uv run rate` writes (git-tracked: a person's judgement)."""
         return self.metrics / "human_eval.json"
+
+    def inputs_file(self, name: str) -> Path:
+        """The files `ingest.paths` (name "ingest") or `evaluate.reference_paths` ("reference")
+        name, with their hashes (stages/inputs.py): the stage that reads them depends on it."""
+        return self.ingested.parent / "inputs" / f"{name}.json"
 
     def details_file(self, name: str) -> Path:
         """The whole summary of train or evaluate (metrics/<name>.json has the headline)."""

@@ -37,10 +37,22 @@ def run(mode: Mode, ingest: IngestParams, num_proc: NumProc = 0, paths: Paths = 
         if field and not set(groups) - {""}:
             raise UserError(f"ingest.group_field: no record has a {field!r} field or column "
                             "(set it to the right name, or null)")
-    summary = {**ingest_summary(files, sink.rows, n_bytes, problems), "ignored_files": ignored}
+    counts = ingest_summary(files, sink.rows, n_bytes, problems)
+    by_reason = counts.pop("skipped_by_reason")
+    summary = {**counts, "ignored_files": len(ignored),  # the summary line shows the first ten
+               "not_read": not_read(problems.files + ignored), "skipped_by_reason": by_reason,
+               "skipped_files": problems.files, "ignored": ignored}
     if field:  # records per group; "" counts those without one
         summary["groups"] = dict(sorted(groups.items()))
     return summary
+
+
+def not_read(left_out: list[dict[str, str]], shown: int = 3) -> str:
+    """The first few files left out, for the summary line: "data/mine/memo.docx (unsupported
+    .docx)"; all of them are in metrics/ingest.json."""
+    named = [f"{f['file']} ({f['reason']})" for f in left_out[:shown]]
+    more = f" and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    return "; ".join(named) + more if named else "none"
 
 
 def main(argv: list[str] | None = None) -> None:

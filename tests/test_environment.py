@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow  # the data stages as processes, twice
 OUTPUTS = ("data/interim", "data/processed", "data/tokenized", "models/base")
 VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME",
              "TOKENIZERS_PARALLELISM", "LC_ALL", "LANG", "TZ", "PYTHONHASHSEED")
-RUN = ("from stages import ingest, clean, split, base_model, tokenize\n"
-       "for stage in (ingest, clean, split, base_model, tokenize):\n"
+RUN = ("from stages import ingest, clean, split, scratch_texts, base_model, tokenize\n"
+       "for stage in (ingest, clean, split, scratch_texts, base_model, tokenize):\n"
        "    stage.main([])\n")  # as dvc repro runs them, metrics included
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from finetune.config.ingest import IngestParams
 from finetune.data import cleaning, inputs, readers
@@ -43,7 +44,8 @@ def test_discover_sorts_files_from_dirs_and_globs_and_skips_unsupported(tmp_path
     found, ignored = inputs.discover([str(tmp_path / "b"), str(tmp_path / "*.jsonl"),
                                       str(tmp_path / "b")], P, problems)
     assert [p.name for p in found] == ["a.md", "z.txt", "c.jsonl"]
-    assert ignored == 2  # image.png, seen through both entries naming b/
+    # image.png, seen through both entries naming b/, is named once, with the reason
+    assert ignored == [{"file": (tmp_path / "b" / "image.png").as_posix(), "reason": "unsupported .png"}]
 
 
 @pytest.mark.parametrize(("entry", "message", "reason"), [
@@ -250,12 +252,25 @@ def test_one_50_mb_line_without_a_newline(tmp_path: Path) -> None:
     assert len(out) >= 2 * len(line) // 2000 and not dropped
 
 
-def test_run_counts_ignored_files_and_fails_when_nothing_is_usable(tmp_path: Path) -> None:
+def test_run_names_the_files_it_leaves_out_and_fails_when_nothing_is_usable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "raw" / "book.txt", "A book of some length.")
     write(tmp_path / "raw" / "cover.jpg", b"\xff\xd8")
+    write(tmp_path / "raw" / "memo.docx", b"PK\x03\x04")
     paths = PATHS.under(tmp_path)
-    summary = run_stage(ingest, tiny_params(ingest={"paths": [str(tmp_path / "raw")]}), paths)
-    assert summary["records"] == 1 and summary["ignored_files"] == 1
+    raw, gone = (tmp_path / "raw").as_posix(), (tmp_path / "gone").as_posix()
+    summary = run_stage(ingest, tiny_params(ingest={"paths": [raw, gone], "on_error": "skip"}), paths)
+    assert summary["records"] == 1 and summary["ignored_files"] == 2
+    assert summary["ignored"] == [{"file": f"{raw}/cover.jpg", "reason": "unsupported .jpg"},
+                                  {"file": f"{raw}/memo.docx", "reason": "unsupported .docx"}]
+    assert summary["skipped_files"] == [{"file": gone, "reason": "no such file or directory"}]
+    assert summary["not_read"] == (f"{gone} (no such file or directory); {raw}/cover.jpg "
+                                   f"(unsupported .jpg); {raw}/memo.docx (unsupported .docx)")
+    monkeypatch.chdir(tmp_path)  # the stage's CLI, as dvc runs it, writes below the project
+    Path("params.yaml").write_text(yaml.safe_dump({"ingest": {"paths": ["raw"]}}))
+    ingest.main([])
+    line = capsys.readouterr().out
+    assert "not_read=raw/cover.jpg (unsupported .jpg); raw/memo.docx (unsupported .docx)" in line
     write(tmp_path / "bad" / "broken.jsonl", "{not json\n")
     with pytest.raises(UserError, match=r"no usable records in 1 file\(s\) \(skipped: "
                                         r"\{'invalid_json': 1\}\)"):

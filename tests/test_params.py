@@ -48,7 +48,9 @@ def test_dvc_yaml_paths_match_the_declared_paths() -> None:
     # checkpoints are the train stage's own, not a DVC output (dvc.yaml says why): git ignores them
     assert f"/{PATHS.checkpoints}/" in (ROOT / ".gitignore").read_text().splitlines()
     declared = {str(getattr(PATHS, f.name)) for f in dataclasses.fields(PATHS)} - {
-        "metrics", "reports", str(PATHS.checkpoints)}
+        "metrics", "reports", str(PATHS.checkpoints)} | {
+        str(PATHS.inputs_file(name)) for name in ("ingest", "reference")}
+
     def names(stage: dict, *kinds: str) -> set[str]:
         return {next(iter(e)) if isinstance(e, dict) else e
                 for kind in kinds for e in stage.get(kind, [])}

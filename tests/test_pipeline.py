@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from tests.helpers import (
+    ALWAYS,
     BIN,
     DATA_STAGES,
     DROP,
@@ -28,6 +30,7 @@ from tests.helpers import (
     sh,
     stages_run,
     tree_bytes,
+    up_to_date,
 )
 
 pytestmark = pytest.mark.slow
@@ -66,8 +69,8 @@ def test_dvc_repro_end_to_end(pipeline: Path) -> None:
     assert "/tokenized" in (project / "data" / ".gitignore").read_text()
     assert "/finetuned" in (project / "models" / ".gitignore").read_text()
 
-    assert "up to date" in sh(project, "dvc", "status").stdout
-    assert stages_run(sh(project, "dvc", "repro").stdout) == set()
+    assert up_to_date(sh(project, "dvc", "status").stdout)
+    assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)[""]["data"]
     assert set(metrics) == {"metrics/train.json", "metrics/eval.json"}, "the headline files only"
@@ -79,7 +82,7 @@ def test_training_twice_with_the_same_seed_gives_identical_metrics(pipeline: Pat
                                                                    tmp_path: Path) -> None:
     # a cache of its own: the forced rerun's timings must not reach the shared run cache
     project = clone_of(pipeline, tmp_path / "project", share_cache=False)
-    assert stages_run(sh(project, "dvc", "repro").stdout) == set(), "a clone has it all"
+    assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS, "a clone has it all"
     first = json.loads((project / "metrics" / "train_details.json").read_text())
     sh(project, "dvc", "repro", "--force", "--single-item", "train")
     again = json.loads((project / "metrics" / "train_details.json").read_text())
@@ -93,11 +96,11 @@ def test_a_params_combination_that_already_ran_comes_from_the_run_cache(project:
     # a rate no other test trains with: train and what follows it rerun, the base model's
     # scores (evaluate_base) and the data stages do not
     set_learning_rate(project, 2.5e-3)
-    assert stages_run(sh(project, "dvc", "repro").stdout) == {"train", "evaluate", "export", "report"}
+    assert stages_run(sh(project, "dvc", "repro").stdout) == {*ALWAYS, "train", "evaluate", "export", "report"}
     set_learning_rate(project, before)  # back to a combination that ran: nothing trains
     restored = sh(project, "dvc", "repro").stdout
     assert "Stage 'train' is cached - skipping run, checking out outputs" in restored
-    assert stages_run(restored) == set()
+    assert stages_run(restored) == ALWAYS
     assert (project / "metrics" / "train_details.json").read_text() == ran
 
 
@@ -239,11 +242,55 @@ def test_a_teammate_clones_pulls_and_has_the_same_bytes(pipeline: Path, tmp_path
     sh(mate, "dvc", "remote", "modify", "--local", "storage", "url",
        str(pipeline.parent / "dvc-storage"))
     sh(mate, "dvc", "pull")
-    assert "up to date" in sh(mate, "dvc", "status").stdout
-    assert stages_run(sh(mate, "dvc", "repro").stdout) == set()
+    assert up_to_date(sh(mate, "dvc", "status").stdout)
+    assert stages_run(sh(mate, "dvc", "repro").stdout) == ALWAYS
     for shared in ("metrics", "data/tokenized", "data/processed", "models/base",
                    "models/finetuned"):
         assert tree_bytes(mate / shared) == tree_bytes(pipeline / shared), shared
 
     sh(mate, "dvc", "exp", "pull", "origin", "saved")
     assert "saved" in sh(mate, "dvc", "exp", "show", "--csv").stdout
+
+
+def test_your_own_folder_is_tracked_file_by_file_and_reruns_only_what_reads_it(project: Path) -> None:
+    """ingest.paths may name any folder: a paragraph added reaches data/tokenized, a file removed
+    reruns ingest; base_model (a model folder, not scratch) and nothing past tokenize reruns for
+    a data change; a changed reference text reruns the stages that score it; a path outside the
+    project is refused before any work."""
+    mine = project / "my manuscripts"
+    shutil.copytree(project / "data" / "raw", mine)
+    shutil.copytree(project / "models" / "base", project / "base-src")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["paths"] = ["my manuscripts"]
+    params["model"]["source"] = "base-src"  # a local model folder: its tokenizer reads no data
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(project, "dvc", "repro", "tokenize")
+    tokens = json.loads((project / "metrics" / "tokenize.json").read_text())["train"]["tokens"]
+
+    book = mine / "clockwork-orchard.txt"
+    book.write_text(book.read_text() + "\n\nA new paragraph about the orchard's winter: "
+                    + "frost on every gear, and the keeper oiling them by lamplight. " * 20)
+    ran = stages_run(sh(project, "dvc", "repro", "tokenize").stdout)
+    assert ran == {"inputs", "ingest", "clean", "split", "scratch_texts", "tokenize"}, ran
+    assert json.loads((project / "metrics" / "tokenize.json").read_text())["train"]["tokens"] != tokens
+    stale = re.findall(r"^(\w+):$", sh(project, "dvc", "status").stdout, re.MULTILINE)
+    assert "base_model" not in stale and {"train", "evaluate_base"} <= set(stale), stale
+
+    (mine / "field-notes-on-small-rivers.md").unlink()
+    assert {"inputs", "ingest"} <= stages_run(sh(project, "dvc", "repro", "ingest").stdout)
+    assert json.loads((project / "metrics" / "ingest.json").read_text())["files"] == 3
+
+    reference = project / "data" / "reference" / "how-bread-rises.md"
+    reference.write_text(reference.read_text() + "\n\nAnd then it is baked.\n")
+    sh(project, "dvc", "repro", "inputs")
+    status = sh(project, "dvc", "status", "evaluate_base").stdout
+    assert "modified:           data/interim/inputs/reference.json" in status, status
+
+    params["ingest"]["paths"] = [str(project.parent / "elsewhere")]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = subprocess.run([str(BIN / "dvc"), "repro", "ingest"], cwd=project, capture_output=True,
+                             text=True, env={**os.environ, **GIT_ENV})
+    assert refused.returncode != 0
+    assert (f"inputs: error: ingest.paths: {project.parent / 'elsewhere'} is outside the project"
+            in refused.stdout + refused.stderr), refused.stdout + refused.stderr
+    assert "Running stage 'ingest'" not in refused.stdout

@@ -14,7 +14,7 @@ from finetune import files
 from finetune.config.schema import Params
 from finetune.errors import UserError
 from finetune.paths import PATHS, SPLITS, Paths
-from stages import base_model, clean, ingest, split, tokenize
+from stages import base_model, clean, ingest, scratch_texts, split, tokenize
 from tests.helpers import BOOK_A, run_stage, tiny_params
 
 
@@ -35,8 +35,9 @@ def run_stages(corpus: Path, root: Path, num_proc: int) -> tuple[Paths, dict[str
                                  num_proc=num_proc)
     paths = PATHS.under(root)
     summaries = {stage.__name__: run_stage(stage, params, paths)
-                 for stage in (ingest, clean, split, base_model, tokenize)}
+                 for stage in (ingest, clean, split, scratch_texts, base_model, tokenize)}
     summaries.pop("stages.base_model")
+    summaries.pop("stages.scratch_texts")
     return paths, summaries
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import itertools
 import os
 from collections import Counter
@@ -37,12 +38,15 @@ class Problems:
     def __init__(self, on_error: str) -> None:
         self.fail = on_error == "fail"
         self.skipped: Counter[str] = Counter()
+        self.files: list[dict[str, str]] = []  # each whole file or entry skipped, and why
 
     def __call__(self, source: str, err: BadInput) -> None:
         if self.fail:
             where = f":{err.where}" if err.where else ""
             raise UserError(f"{source}{where}: {err} (set ingest.on_error: skip to skip it)")
         self.skipped[err.reason] += 1
+        if not err.where:  # a file or an ingest.paths entry, not one record of a file
+            self.files.append({"file": source.removeprefix("ingest.paths: "), "reason": str(err)})
 
     def total(self) -> int:
         return sum(self.skipped.values())
@@ -123,12 +127,13 @@ def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path | BadInput
     raise BadInput("missing_path", "no such file or directory")
 
 
-def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[list[Path], int]:
-    """The supported files named by `ingest.paths`, sorted, each real file once; and how many
-    unsupported files the directories and globs held (ignored, not errors)."""
+def discover(entries: list[str], p: IngestParams, problems: Problems
+             ) -> tuple[list[Path], list[dict[str, str]]]:
+    """The supported files named by `ingest.paths`, sorted, each real file once; and the
+    unsupported files the directories and globs held (ignored, not errors), with the reason."""
     roots = [Path(os.path.realpath(_root(entry))) for entry in entries]
     files: dict[Path, Path] = {}  # real path -> the path it was found under
-    ignored = 0
+    ignored: list[dict[str, str]] = []
     for entry in entries:
         try:
             candidates = _entry_candidates(entry, p.follow_symlinks)
@@ -147,7 +152,10 @@ def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[l
             elif path.is_dir():
                 continue  # a symlink to a directory inside ingest.paths: read where it points
             elif path.suffix.lower() not in SUPPORTED:
-                ignored += 1
+                left = {"file": path.as_posix(),
+                        "reason": f"unsupported {path.suffix.lower() or 'file without extension'}"}
+                if left not in ignored:  # seen through two entries
+                    ignored.append(left)
             else:
                 usable += 1
                 real = path.resolve()
@@ -157,3 +165,30 @@ def discover(entries: list[str], p: IngestParams, problems: Problems) -> tuple[l
             problems(f"ingest.paths: {entry}", BadInput(
                 "no_supported_file", f"{verb} no supported file ({', '.join(sorted(SUPPORTED))})"))
     return sorted(files.values(), key=lambda f: f.as_posix()), ignored
+
+
+def inside(entries: list[str], key: str, root: Path) -> None:
+    """Refuse an entry outside the project: DVC cannot track it, and a teammate's clone would
+    not have it."""
+    top = root.resolve()
+    for entry in entries:
+        if not (top / _root(entry)).resolve().is_relative_to(top):
+            raise UserError(f"{key}: {entry} is outside the project, where DVC cannot track it "
+                            "and a clone would not have it; copy it into the project (e.g. "
+                            "data/mine) and name that")
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(entries: list[str], files: list[Path], ignored: list[dict[str, str]] | None = None
+             ) -> dict[str, object]:
+    """What a stage will read, byte for byte: the entries, each file with its MD5, and the files
+    it leaves out. It changes exactly when what the stage reads (or reports) does."""
+    return {"entries": entries, "files": {f.as_posix(): md5(f) for f in files},
+            "ignored": ignored or []}

@@ -12,7 +12,7 @@ import pandas as pd
 from finetune.config.model import ModelParams, ScratchParams
 from finetune.data import conversations
 from finetune.errors import UserError
-from finetune.files import read_parquet
+from finetune.files import read_json
 from finetune.paths import Paths
 
 EOS = "<|endoftext|>"
@@ -119,12 +119,11 @@ def from_scratch(texts: list[str], p: ScratchParams, seed: int) -> tuple[Any, An
 
 
 def build(seed: int, p: ModelParams, paths: Paths) -> tuple[Any, Any]:
-    """The base model and its tokenizer from `model.source` (the train split for a scratch
-    tokenizer to learn from)."""
+    """The base model and its tokenizer from `model.source` (a scratch tokenizer learns from
+    the texts stages/scratch_texts.py wrote)."""
     source = p.source
     if source == "scratch":
-        texts = train_texts(read_parquet(paths.split_file("train")))
-        return from_scratch(texts, p.scratch, seed)
+        return from_scratch(read_json(paths.scratch_texts), p.scratch, seed)
     if source.startswith("package:"):
         return from_gguf(package_gguf(source.removeprefix("package:")))
     if source.endswith(".gguf"):

@@ -214,13 +214,26 @@ def blocks(title: str, run: dict[str, Any], metrics: dict[str, Any], samples: li
     out.append(("h2", "Data"))
     for stage in ("ingest", "clean", "split", "tokenize", "base_model"):
         if stage in metrics:
-            out += [("h3", stage), ("table", [["", "value"], *[[k, _fmt(v)]
-                                                               for k, v in metrics[stage].items()]])]
+            figures = {k: v for k, v in metrics[stage].items() if k not in NOT_READ}
+            out += [("h3", stage), ("table", [["", "value"], *[[k, _fmt(v)] for k, v in figures.items()]])]
+    out += not_read_blocks(metrics.get("ingest", {}))
     if samples:
         out += sample_blocks(samples, ev, run.get("seed"), sampling or {})
     out += rating_blocks(human, samples)
     out += [("h2", "Parameters of this run"), ("table", [["key", "value"], *param_rows(run)])]
     return out
+
+
+NOT_READ = ("skipped_files", "ignored", "not_read")  # ingest's files left out, by name
+
+
+def not_read_blocks(ingest: dict[str, Any]) -> list[Block]:
+    """Each file ingest left out (skipped as bad, or of a type it does not read), and why."""
+    left_out = [*ingest.get("skipped_files", []), *ingest.get("ignored", [])]
+    if not left_out:
+        return []
+    return [("h3", "Files not read"), ("p", "Nothing of these reached the model."),
+            ("table", [["file", "why"], *[[f["file"], f["reason"]] for f in left_out]])]
 
 
 def sample_blocks(samples: list[dict[str, str]], ev: dict[str, Any], seed: int | None,

@@ -4,36 +4,20 @@ fine-tuning cost."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from finetune.data.references import reference_files
 from finetune.errors import UserError
 from finetune.text.packing import pack, token_stream
 
-REFERENCE_SUFFIXES = (".txt", ".md")
-
 
 def reference_texts(entries: list[str]) -> list[str]:
-    """The .txt and .md files `evaluate.reference_paths` names (files, or folders read
-    recursively), in path order."""
-    files: list[Path] = []
-    for entry in entries:
-        path = Path(entry)
-        if path.is_dir():
-            files += sorted(f for f in path.rglob("*")
-                            if f.is_file() and f.suffix.lower() in REFERENCE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"evaluate.reference_paths: {entry}: no such file or folder")
-    if entries and not files:
-        raise UserError(f"evaluate.reference_paths: no .txt or .md file in {', '.join(entries)} "
-                        "(or [] to leave the check out)")
+    """The text of each file `evaluate.reference_paths` names (data.references.reference_files)."""
     texts = []
-    for file in files:
+    for file in reference_files(entries):
         try:
             texts.append(file.read_text(encoding="utf-8").strip())
         except (UnicodeDecodeError, OSError) as err:
