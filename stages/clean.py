@@ -41,7 +41,7 @@ def run(mode: Mode, clean: CleanParams, num_proc: NumProc = 0, paths: Paths = PA
                              if mode == "chat" else len(row[k]) for row in rows for k in KEY[mode])
         if not sink.rows:
             reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()) if n)
-            raise UserError(f"clean: all {records_in} records were dropped ({reasons}); check the "
+            raise UserError(f"all {records_in} records were dropped ({reasons}); check the "
                             "input or loosen clean.min_chars / clean.max_chars")
     return {"records_in": records_in, "records_out": sink.rows, "documents_out": len(documents),
             "chars_out": chars_out, "dropped": sum(dropped.values()),

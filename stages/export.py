@@ -34,7 +34,7 @@ def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
         (tmp / "Modelfile").write_text(text, encoding="utf-8")
         check = compare(tmp / name, model, tokenizer)
         if not check["tokenizer_agrees"] or check["top_token_agreement"] < 0.5:
-            raise UserError(f"export: {name} does not read back as the model it was written from "
+            raise UserError(f"{name} does not read back as the model it was written from "
                             f"({check}); please report this with the model's config.json")
     return {"file": str(paths.export / name), "gguf_type": export.gguf_type,
             "bytes": (paths.export / name).stat().st_size, "tensors": written.tensors,

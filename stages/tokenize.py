@@ -32,6 +32,7 @@ from finetune.text.tokenized import (
     examples_split,
     schema,
     text_split,
+    too_little,
 )
 
 
@@ -50,6 +51,7 @@ def run(mode: Mode, tokenize: TokenizeParams, on_error: Annotated[str, Key(Inges
     progress = tqdm(desc="tokenize", unit="passage", unit_scale=True, total=rows,
                     disable=rows < 10_000)
     summary: dict[str, Any] = {}
+    empty: list[str] = []
     with atomic_output(paths.tokenized) as tmp, progress:  # all splits appear together or none
         tmp.mkdir()
         for name in SPLITS:
@@ -60,12 +62,14 @@ def run(mode: Mode, tokenize: TokenizeParams, on_error: Annotated[str, Key(Inges
                 summary[name] = (text_split(source, tokenizer, tokenize.block_size, out, progress, rows)
                                  if mode == "text"
                                  else examples_split(source, encode, tokenize, out, pad_id, progress, rows))
-                if not out.rows:
-                    raise UserError(f"tokenize: the {name} split gives no example of "
-                                    f"tokenize.block_size={tokenize.block_size} tokens; lower it or add data")
-                out.save(tmp / name)
+                if out.rows:
+                    out.save(tmp / name)
+                else:  # every split is tokenized first, so the one line can say what would work
+                    empty.append(name)
             finally:
                 out.close()
+        if empty:
+            raise UserError(too_little(mode, tokenize, summary, paths, tokenizer, empty))
         asked = inference(tokenizer, mode, tokenize)
         write_json(dataclasses.asdict(asked), tmp / paths.inference_file.name)
     summary["dropped_share"] = dropped_share(summary, mode)

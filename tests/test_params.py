@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 
 from finetune.config.ingest import IngestParams
 from finetune.config.loading import KEYS, Key, validate
+from finetune.config.loading import load as load_sections
 from finetune.config.schema import Params, load, parse
 from finetune.config.train import TrainParams
 from finetune.errors import UserError
@@ -118,6 +120,25 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 def test_yaml_float_without_a_dot_is_still_read_as_a_number() -> None:
     # PyYAML reads 5e-5 as the string "5e-5"; the schema converts it rather than failing.
     assert parse(yaml.safe_load("train:\n  learning_rate: 5e-5\n")).train.learning_rate == 5e-5
+
+
+def comments(path: Path) -> str:
+    """The comments of a YAML file as one line of words (quoted strings are not comments)."""
+    lines = [re.sub(r'"[^"]*"', "", line).partition("#")[2] for line in path.read_text().splitlines()]
+    return " ".join(" ".join(lines).split())
+
+
+def test_floats_load_with_or_without_a_dot_as_params_yaml_says(tmp_path: Path) -> None:
+    """`5e-5` (a string to PyYAML) and `5.0e-5` both load as 5e-05, through the whole-file loader
+    and through a stage's; params.yaml's comment says so, and none says otherwise."""
+    for text in ("5e-5", "5.0e-5"):
+        path = tmp_path / "params.yaml"
+        path.write_text(f"train:\n  learning_rate: {text}\n")
+        assert load(path).train.learning_rate == 5e-05
+        assert load_sections(path, {"train": TrainParams})["train"].learning_rate == 5e-05
+    said = comments(ROOT / "params.yaml")
+    assert "5.0e-5 and 5e-5 both load as 5e-05" in said
+    assert not re.search(r"not 5e-5|5e-5 (is|stays|fails|is refused)", said), said
 
 
 def test_defaults_are_a_valid_params_object() -> None:

@@ -50,13 +50,44 @@ def test_split_run_writes_three_disjoint_files(tmp_path: Path, books: Path) -> N
     assert abs(len(parts["train"]) / total - 0.8) < 0.06
 
 
-def test_split_with_too_few_records(tmp_path: Path) -> None:
+def test_split_with_too_few_records_says_how_many_would_do(tmp_path: Path) -> None:
+    """Two passages leave val and test empty; the line says three are enough, and they are."""
     paths = PATHS.under(tmp_path)
     paths.clean.parent.mkdir(parents=True)
-    frame(["only one passage here"]).assign(passage_id="p").to_parquet(paths.clean)
-    with pytest.raises(UserError, match=r"too few: train, val and test need at least one each "
-                                        r"\(got train \d, val \d, test \d\)"):
+    texts = ["the first passage here", "the second passage here", "the third passage here"]
+    frame(texts[:2]).assign(passage_id="p").to_parquet(paths.clean)
+    with pytest.raises(UserError) as err:
         run_stage(split, tiny_params(), paths)
+    assert str(err.value) == ("2 passages leave val and test empty (train 2, val 0, test 0), and every "
+                              "split needs one: add data, to make 3 passages or more, or lower "
+                              "clean.max_chars to cut documents into more passages")
+    frame(texts).assign(passage_id="p").to_parquet(paths.clean)
+    summary = run_stage(split, tiny_params(), paths)
+    assert [summary[name]["records"] for name in ("train", "val", "test")] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(("mode", "rows", "expected"), [
+    ("pairs", [{"group": ""}],
+     "1 pair leaves val and test empty (train 1, val 0, test 0), and every split needs one: add "
+     "data, to make 3 pairs or more"),
+    ("text", [{"group": g} for g in "aabb"],  # each group's short documents split apart
+     "4 passages leave val and test empty (train 4, val 0, test 0), and every split needs one: add "
+     "data, so that one document, or the short documents of one ingest.group_field group, hold 3 "
+     "passages or more, or lower clean.max_chars to cut documents into more passages"),
+    ("text", [{"group": "", "text": "the same text"}] * 3,  # clean.dedupe off
+     "3 passages leave train and val empty (train 0, val 0, test 3), and every split needs one: "
+     "passages with the same text share a split; add different ones, or set clean.dedupe: true"),
+])
+def test_too_few_says_what_to_add(tmp_path: Path, mode: str, rows: list[dict], expected: str) -> None:
+    paths = PATHS.under(tmp_path)
+    paths.clean.parent.mkdir(parents=True)
+    records = [{"doc_id": f"d{i}", "passage_id": f"p{i}", "source": "s", "title": "t",
+                "text": f"passage {i}", "prompt": f"question {i}?", "response": f"answer {i}.",
+                **row} for i, row in enumerate(rows)]
+    pd.DataFrame(records).to_parquet(paths.clean)
+    with pytest.raises(UserError) as err:
+        run_stage(split, tiny_params(mode=mode), paths)
+    assert str(err.value) == expected
 
 
 def test_chat_conversations_are_deduplicated_and_never_span_two_splits(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""tokenize: packing, pairs masking, over-long pairs, byte-identical outputs, the context check."""
+"""tokenize: packing, pairs masking, over-long pairs, byte-identical outputs, the context check, and
+too little data for the block size (the one line names the block size that works)."""
 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
 from finetune.models.loading import load_tokenizer
-from finetune.paths import PATHS, Paths
+from finetune.paths import PATHS, SPLITS, Paths
 from finetune.text import packing, tokenized
 from stages import tokenize
 from tests.helpers import run_data_stages, run_stage, tiny_params
@@ -125,3 +128,109 @@ def test_packed_chat_rows_say_which_conversation_each_token_came_from(
     for example, r in zip(inputs, kept, strict=True):
         assert ids[rows == r].tolist() == example
     assert (np.array(test["labels"])[rows == -1] == -100).all()  # padding is never scored
+
+
+def with_block_size(params: Params, block_size: int) -> Params:
+    return params.model_copy(update={"tokenize": params.tokenize.model_copy(
+        update={"block_size": block_size})})
+
+
+def short_records(tmp_path: Path, texts: list[str]) -> Path:
+    raw = tmp_path / "raw" / "short.jsonl"
+    raw.parent.mkdir()
+    raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return raw
+
+
+FIVE = ["The lamp on the quay went out just before the ferry came in.",
+        "Marta counted the crates twice and wrote the number on her hand.",
+        "Nobody on the night shift had seen the cat since Tuesday.",
+        "The wind turned, and the smell of tar came up from the yard.",
+        "At dawn the gulls were back on the roof of the fish market."]
+
+
+def test_too_little_text_names_the_largest_block_size_that_works(tmp_path: Path) -> None:
+    """Five short records (issue 22): one line with each split's passages and tokens and the
+    largest block size that gives every split a block (a block takes block_size tokens of the
+    split's stream), which works; one more does not. Nothing is written."""
+    params = tiny_params(ingest={"paths": [str(short_records(tmp_path, FIVE))]},
+                         tokenize={"block_size": 64})
+    paths = PATHS.under(tmp_path)
+    with pytest.raises(UserError) as err:
+        run_data_stages(params, paths)
+    message = str(err.value)
+    assert re.fullmatch(r"tokenize\.block_size: 64 leaves (every split|the [a-z ]+ splits?) without a "
+                        r"block \(train: 3 passages, \d+ tokens; val: 1 passage, \d+ tokens; test: 1 "
+                        r"passage, \d+ tokens\); \d+ or less gives every split a block, or add data",
+                        message), message
+    assert not paths.tokenized.exists()
+    largest = int(re.search(r"(\d+) or less", message).group(1))
+    assert largest == min(int(n) for n in re.findall(r"(\d+) tokens", message))
+    summary = run_stage(tokenize, with_block_size(params, largest), paths)
+    assert all(summary[name]["blocks"] >= 1 for name in SPLITS), summary
+    with pytest.raises(UserError, match=rf"^tokenize\.block_size: {largest + 1} leaves "):
+        run_stage(tokenize, with_block_size(params, largest + 1), paths)
+
+
+def test_too_little_text_for_any_block_size_says_what_to_add(tmp_path: Path) -> None:
+    """A split with fewer tokens than the least block size the schema allows: no block size
+    can work, and the line says how much data every split needs."""
+    raw = short_records(tmp_path, ["Yes.", "No.", "Maybe."])
+    params = tiny_params(ingest={"paths": [str(raw)]}, clean={"min_chars": 0},
+                         tokenize={"block_size": 8})
+    with pytest.raises(UserError) as err:
+        run_data_stages(params, PATHS.under(tmp_path))
+    assert str(err.value).endswith("; no block size gives every split a block (8 is the least): add "
+                                   "data, so that every split has 8 tokens or more"), err.value
+    with pytest.raises(ValueError, match="greater than or equal to 8"):
+        TokenizeParams(block_size=7)
+
+
+@pytest.mark.parametrize(("mode", "overlong"), [("pairs", "truncate"), ("pairs", "drop"),
+                                                ("chat", "truncate")])
+def test_too_little_examples_name_the_least_block_size_that_works(
+        tmp_path: Path, request: pytest.FixtureRequest, mode: str, overlong: str) -> None:
+    """Pairs and chat: an example over block_size is truncated or dropped, so a larger block
+    keeps more. The line names the least block size that keeps an example in every split,
+    which does; one less does not."""
+    data = request.getfixturevalue("pairs_file" if mode == "pairs" else "chat_file")
+    params = tiny_params(mode=mode, ingest={"paths": [str(data)]},
+                         tokenize={"block_size": 8, "overlong": overlong})
+    paths = PATHS.under(tmp_path)
+    with pytest.raises(UserError) as err:
+        run_data_stages(params, paths)
+    noun = tokenized.NOUNS[mode]
+    assert re.fullmatch(rf"tokenize\.block_size: 8 keeps no {noun} in any split \(train: \d+ {noun}s, "
+                        rf"none kept; val: \d+ {noun}s?, none kept; test: \d+ {noun}s?, none kept\); "
+                        rf"\d+ or more keeps a {noun} in every split", str(err.value)), err.value
+    least = int(re.search(r"(\d+) or more", str(err.value)).group(1))
+    summary = run_stage(tokenize, with_block_size(params, least), paths)
+    assert all(summary[name]["examples"] >= 1 for name in SPLITS), summary
+    with pytest.raises(UserError, match=rf"^tokenize\.block_size: {least - 1} keeps no {noun} in "):
+        run_stage(tokenize, with_block_size(params, least - 1), paths)
+
+
+@pytest.mark.parametrize("overlong", ["truncate", "drop"])
+def test_chat_fit_is_the_least_block_size_that_keeps_a_conversation(
+        trained_chat: tuple[Params, Paths], overlong: str) -> None:
+    from finetune.data import conversations
+    from finetune.text.prompts import Renderer, encode_chat
+
+    params, paths = trained_chat
+    renderer = Renderer(load_tokenizer(paths.base_model), params.tokenize)
+    for record in pd.read_parquet(paths.split_file("test"))["conversation"]:
+        conv = conversations.loads(record)
+        fit = tokenized.chat_fit(conv, renderer, overlong)
+        assert fit is not None
+        assert encode_chat(conv, renderer, fit, overlong, "all")[0] is not None
+        assert encode_chat(conv, renderer, fit - 1, overlong, "all")[0] is None
+
+
+def test_too_little_examples_for_the_models_context_says_so(tmp_path: Path, pairs_file: Path) -> None:
+    """Every pair of a split needs more tokens than the model's context: no block size can work."""
+    params = tiny_params(mode="pairs", ingest={"paths": [str(pairs_file)]},
+                         model={"scratch": {"n_positions": 16}}, tokenize={"block_size": 8})
+    with pytest.raises(UserError) as err:
+        run_data_stages(params, PATHS.under(tmp_path))
+    assert re.search(r"; no block size up to the model's context of 16 tokens keeps one: the shortest "
+                     r"pair of the \w+ split needs \d+; add shorter pairs$", str(err.value)), err.value

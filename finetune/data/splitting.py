@@ -94,11 +94,30 @@ def labels_of(clean: Path, mode: str, p: SplitParams, seed: int) -> tuple[np.nda
     labels = assign(strata, pd.Series(keys), p, seed, pools).to_numpy()
     counts = Counter(labels.tolist())
     if any(counts[name] == 0 for name in SPLITS):
-        got = ", ".join(f"{name} {counts[name]}" for name in SPLITS)
-        raise UserError(f"split: {len(labels)} passage(s) are too few: train, val and test need at "
-                        f"least one each (got {got}); add data, or lower clean.max_chars to cut "
-                        "documents into more passages")
+        raise UserError(too_few(mode, counts, grouped=pools is not None))
     return labels, pd.DataFrame({"doc_id": doc_ids, "group": record_groups, "split": labels})
+
+
+NOUNS = {"text": "passage", "pairs": "pair", "chat": "conversation"}
+
+
+def too_few(mode: str, counts: Counter[str], grouped: bool) -> str:
+    """The one line for a split left empty, with what to add (assign): a stratum of fewer than
+    MIN_PASSAGES rows joins its pool, and a pool that small goes to train whole. With one pool,
+    MIN_PASSAGES rows in all are enough; text mode with groups pools each group's short
+    documents apart; and rows with the same text follow the first."""
+    noun, total = NOUNS[mode], sum(counts.values())
+    empty = [name for name in SPLITS if not counts[name]]
+    got = ", ".join(f"{name} {counts[name]}" for name in SPLITS)
+    some = f"1 {noun} leaves" if total == 1 else f"{total} {noun}s leave"
+    head = f"{some} {' and '.join(empty)} empty ({got}), and every split needs one"
+    cut = ", or lower clean.max_chars to cut documents into more passages" if mode == "text" else ""
+    if grouped:
+        return (f"{head}: add data, so that one document, or the short documents of one "
+                f"ingest.group_field group, hold {MIN_PASSAGES} passages or more{cut}")
+    if total < MIN_PASSAGES:
+        return f"{head}: add data, to make {MIN_PASSAGES} {noun}s or more{cut}"
+    return f"{head}: {noun}s with the same text share a split; add different ones, or set clean.dedupe: true"
 
 
 def write_splits(clean: Path, labels: np.ndarray, out: Path, files: dict[str, str]) -> None:

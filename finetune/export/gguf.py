@@ -33,12 +33,12 @@ def architecture(config: Any) -> str:
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
         named = f" ({config.architectures[0]})" if getattr(config, "architectures", None) else ""
-        raise UserError(f"export: the {config.model_type} architecture{named} cannot be exported; "
+        raise UserError(f"the {config.model_type} architecture{named} cannot be exported; "
                         f"GGUF export supports {', '.join(sorted(ARCHITECTURES))}")
     scaling = getattr(config, "rope_scaling", None) or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if arch == "llama" and kind != "default":
-        raise UserError(f"export: rope scaling {kind!r} is not supported by the GGUF export")
+        raise UserError(f"rope scaling {kind!r} is not supported by the GGUF export")
     return arch
 
 
@@ -52,7 +52,7 @@ def pre_tokenizer(folder: Path) -> str:
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
         return "smollm"
-    raise UserError(f"export: {folder}/tokenizer.json splits text in a way the GGUF export does not "
+    raise UserError(f"{folder}/tokenizer.json splits text in a way the GGUF export does not "
                     f"know ({' + '.join(map(str, kinds))}); llama.cpp would tokenize it differently")
 
 
@@ -78,7 +78,7 @@ def gguf_tensors(model: Any, arch: str) -> list[tuple[str, np.ndarray]]:
             continue
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise UserError(f"export: no GGUF name for the {arch} tensor {name}")
+            raise UserError(f"no GGUF name for the {arch} tensor {name}")
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if arch == "llama" and new.endswith(("attn_q.weight", "attn_k.weight")):
             heads = config.num_attention_heads if "attn_q" in new else config.num_key_value_heads
@@ -164,7 +164,7 @@ def write_gguf(folder: Path, model: Any, tokenizer: Any, kind: str, path: Path, 
     try:
         add_tokenizer(writer, folder, tokenizer, model.config.vocab_size)
     except FileNotFoundError:  # gguf.BpeVocab: not a byte-level BPE tokenizer.json
-        raise UserError(f"export: {folder} has no byte-level BPE tokenizer.json, which the GGUF "
+        raise UserError(f"{folder} has no byte-level BPE tokenizer.json, which the GGUF "
                         "export needs") from None
     tensors = gguf_tensors(model, arch)
     for tensor_name, data in tensors:

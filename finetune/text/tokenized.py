@@ -3,6 +3,7 @@ label masks (packed or padded), written as Arrow datasets with each test token's
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import Counter
 from pathlib import Path
@@ -15,8 +16,9 @@ import pyarrow as pa
 from finetune.config.tokenize import TokenizeParams
 from finetune.data import conversations
 from finetune.errors import UserError
-from finetune.files import read_row_group, row_groups
+from finetune.files import parquet_rows, read_row_group, row_groups
 from finetune.models.loading import context_length
+from finetune.paths import SPLITS, Paths
 from finetune.text.packing import Packer, pack_examples, token_rows, token_stream
 from finetune.text.prompts import (
     IGNORE,
@@ -38,21 +40,33 @@ def encode(tokenizer: Any, texts: list[str], special: bool = False) -> list[list
 Examples = tuple[list[list[int]], list[list[int]], dict[str, int], list[int]]
 
 
-def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams) -> Examples:
-    """input_ids and labels of each pair: prompt tokens labelled -100, the answer ends in EOS.
-    Over-long pairs are truncated or dropped (`tokenize.overlong`); both are counted. Also the
-    positions in `df` of the pairs kept."""
+def pair_ids(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams
+             ) -> tuple[list[list[int]], list[list[int]]]:
+    """The token ids of each pair's rendered prompt, and of its answer followed by EOS."""
     prompt_ids = encode(tokenizer, render_prompts(df["prompt"].tolist(), tokenizer, p),
                         special=not p.use_chat_template)
-    answer_ids = encode(tokenizer, df["response"].tolist())
+    answers = encode(tokenizer, df["response"].tolist())
+    return prompt_ids, [answer + [tokenizer.eos_token_id] for answer in answers]
+
+
+def pair_fit(prompt: int, total: int, overlong: str) -> int:
+    """The least block size that keeps a pair of `prompt` tokens and `total` in all: the prompt
+    and one answer token to learn (`tokenize.overlong: truncate`), or the whole pair (drop)."""
+    return total if overlong == "drop" else prompt + 1
+
+
+def pair_examples(df: pd.DataFrame, tokenizer: Any, p: TokenizeParams) -> Examples:
+    """input_ids and labels of each pair: prompt tokens labelled -100, the answer ends in EOS.
+    Over-long pairs are truncated or dropped (`tokenize.overlong`, pair_fit); both are counted.
+    Also the positions in `df` of the pairs kept."""
     inputs, labels, kept = [], [], []
     counts = {"truncated": 0, "dropped": 0}
-    for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids, strict=True)):
-        ids = prompt + answer + [tokenizer.eos_token_id]
+    for i, (prompt, answer) in enumerate(zip(*pair_ids(df, tokenizer, p), strict=True)):
+        ids = prompt + answer
+        if pair_fit(len(prompt), len(ids), p.overlong) > p.block_size:
+            counts["dropped"] += 1
+            continue
         if len(ids) > p.block_size:
-            if p.overlong == "drop" or len(prompt) >= p.block_size:
-                counts["dropped"] += 1
-                continue
             counts["truncated"] += 1
         inputs.append(ids[: p.block_size])
         labels.append(([IGNORE] * len(prompt) + ids[len(prompt):])[: p.block_size])
@@ -257,11 +271,98 @@ def encoder(mode: str, p: TokenizeParams, on_error: str, tokenizer: Any) -> Any:
     return lambda df: pair_examples(df, tokenizer, p)
 
 
-def check_block_size(block_size: int, base_model: Path) -> None:
-    """`tokenize.block_size` must fit the base model's context."""
+def model_context(base_model: Path) -> int:
+    """The base model's context, in tokens: the most `tokenize.block_size` can be."""
     from transformers import AutoConfig
 
-    context = context_length(AutoConfig.from_pretrained(base_model))
+    return context_length(AutoConfig.from_pretrained(base_model))
+
+
+def check_block_size(block_size: int, base_model: Path) -> None:
+    """`tokenize.block_size` must fit the base model's context."""
+    context = model_context(base_model)
     if block_size > context:
         raise UserError(f"tokenize.block_size: {block_size} is larger than the model's "
                         f"context of {context} tokens")
+
+
+# ---------------------------------------------------------------- too little data
+
+LEAST_BLOCK = next(m.ge for m in TokenizeParams.model_fields["block_size"].metadata
+                   if hasattr(m, "ge"))  # the schema's least tokenize.block_size
+NOUNS = {"text": "passage", "pairs": "pair", "chat": "conversation"}
+
+
+def chat_fit(conv: dict[str, Any], renderer: Renderer, overlong: str) -> int | None:
+    """The least block size that keeps a conversation, as encode_chat cuts it: all its tokens
+    (`tokenize.overlong: drop`, or no turn to learn), else those up to the end of its first
+    trained assistant turn. None when the template cannot render it."""
+    try:
+        full = renderer.text(conv)
+        _, ends = renderer.spans(conv, full)
+    except RenderError:
+        return None
+    enc = renderer.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    if overlong == "drop" or not ends:
+        return len(enc["input_ids"])
+    return bisect.bisect_left([start for start, _ in enc["offset_mapping"]], ends[0])
+
+
+def least_block_size(source: Path, mode: str, tokenizer: Any, p: TokenizeParams) -> int | None:
+    """Pairs and chat: the least block size with which a split keeps one example (its examples
+    are kept at any larger one too); None when none would be kept at any."""
+    renderer = Renderer(tokenizer, p) if mode == "chat" else None
+    fits: list[int] = []
+    for i in range(row_groups(source)):
+        df = read_row_group(source, i).to_pandas()
+        if renderer is None:
+            fits += [pair_fit(len(prompt), len(prompt) + len(answer), p.overlong)
+                     for prompt, answer in zip(*pair_ids(df, tokenizer, p), strict=True)]
+        else:
+            fits += [fit for conv in df["conversation"]
+                     if (fit := chat_fit(conversations.loads(conv), renderer, p.overlong)) is not None]
+    return min(fits, default=None)
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _splits(names: list[str], all_of: str = "every split") -> str:
+    """The val split, the val and test splits; `all_of` for all three."""
+    if len(names) == len(SPLITS):
+        return all_of
+    return f"the {' and '.join(names)} split{'s' if len(names) > 1 else ''}"
+
+
+def too_little(mode: str, p: TokenizeParams, summary: dict[str, dict[str, Any]], paths: Paths,
+               tokenizer: Any, empty: list[str]) -> str:
+    """The one line for splits that `tokenize.block_size` leaves without an example: each
+    split's examples and tokens, and the block size that gives every split one (text: the
+    largest, as a block takes block_size tokens of the split's stream; pairs and chat: the
+    least), or what to add when none can."""
+    noun = NOUNS[mode]
+    rows = {name: parquet_rows(paths.split_file(name)) for name in summary}
+    if mode == "text":
+        counts = "; ".join(f"{name}: {_counted(rows[name], noun)}, {s['tokens']} tokens"
+                           for name, s in summary.items())
+        head = f"tokenize.block_size: {p.block_size} leaves {_splits(empty)} without a block ({counts})"
+        largest = min(s["tokens"] for s in summary.values())
+        if largest >= LEAST_BLOCK:
+            return f"{head}; {largest} or less gives every split a block, or add data"
+        return (f"{head}; no block size gives every split a block ({LEAST_BLOCK} is the least): add "
+                f"data, so that every split has {LEAST_BLOCK} tokens or more")
+    counts = "; ".join(f"{name}: {_counted(rows[name], noun)}, "
+                       + (f"{s['examples']} kept, {s['tokens']} tokens" if s["examples"] else "none kept")
+                       for name, s in summary.items())
+    head = f"tokenize.block_size: {p.block_size} keeps no {noun} in {_splits(empty, 'any split')} ({counts})"
+    fits = {name: least_block_size(paths.split_file(name), mode, tokenizer, p) for name in empty}
+    never = [name for name, fit in fits.items() if fit is None]
+    if never:
+        return f"{head}; no block size keeps a {noun} in {_splits(never, 'any split')}: add data"
+    least, context = max(fits.values()), model_context(paths.base_model)
+    if least > context:
+        return (f"{head}; no block size up to the model's context of {context} tokens keeps one: "
+                f"the shortest {noun} of {_splits([max(fits, key=fits.get)])} needs {least}; add "
+                f"shorter {noun}s")
+    return f"{head}; {least} or more keeps a {noun} in every split"

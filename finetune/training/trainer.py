@@ -437,6 +437,6 @@ def launch(seed: int, p: TrainParams, paths: Paths, params_file: str) -> dict[st
                "--params", params_file]
     env = {**os.environ, RESUME_ENV: str(resume or "")}
     if subprocess.run(command, env=env).returncode != 0 or not metrics.is_file():
-        raise UserError(f"train: the {p.num_processes} torchrun processes failed "
+        raise UserError(f"the {p.num_processes} torchrun processes failed "
                         "(their errors are above)")
     return json.loads(metrics.read_text())
