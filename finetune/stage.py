@@ -20,6 +20,7 @@ from finetune.config.loading import Key, load
 from finetune.errors import UserError
 from finetune.files import write_json
 from finetune.paths import PATHS, Paths
+from finetune.restore import restore_outputs
 
 
 def _scalars(summary: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -102,6 +103,14 @@ def as_record(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items()}
 
 
+def put_back(name: str) -> None:
+    """After a failure, the outputs DVC removed before the run, as they were (finetune.restore)."""
+    restored = restore_outputs()
+    if restored:
+        print(f"{name}: put back the outputs of the last run: {', '.join(restored)}",
+              file=sys.stderr)
+
+
 def stage_main(
     name: str,
     run: Callable[..., dict[str, Any]],
@@ -120,15 +129,20 @@ def stage_main(
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    schema = run_schema(run)
     try:
-        values = load(args.params, run_schema(run))
+        values = load(args.params, schema)
         extra = {"params_file": args.params} if pass_params_file else {}
         summary = run(**values, **extra)
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
+        put_back(name)
         sys.exit(1)
+    except BaseException:  # a crash or Ctrl-C: the outputs DVC removed come back all the same
+        put_back(name)
+        raise
     if record_params:
-        keys = dict(zip(run_schema(run), params_keys(run), strict=True))
+        keys = dict(zip(schema, params_keys(run), strict=True))
         summary[PARAMS] = as_record({keys[k]: v for k, v in values.items() if k != "num_proc"})
     if "LOCAL_RANK" in os.environ:  # a torchrun worker: rank 0 hands the metrics to the launcher
         if write_metrics and os.environ.get("RANK") == "0":

@@ -294,3 +294,20 @@ def test_your_own_folder_is_tracked_file_by_file_and_reruns_only_what_reads_it(p
     assert (f"inputs: error: ingest.paths: {project.parent / 'elsewhere'} is outside the project"
             in refused.stdout + refused.stderr), refused.stdout + refused.stderr
     assert "Running stage 'ingest'" not in refused.stdout
+
+
+def test_a_failed_stage_leaves_the_workspace_as_it_was(project: Path) -> None:
+    """DVC removes train's outputs before it runs it; train stopping on a bad param puts them
+    back (the git-tracked metrics and DVCLive logs from git, the model from DVC's cache), so
+    `git status` shows only the edit that caused it."""
+    weights = (project / "models" / "finetuned" / "model.safetensors").read_bytes()
+    set_learning_rate(project, -1.0)
+    failed = subprocess.run([str(BIN / "dvc"), "repro", "train"], cwd=project, capture_output=True,
+                            text=True, env={**os.environ, **GIT_ENV})
+    said = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "train: error: params.yaml: train.learning_rate" in said, said
+    assert "train: put back the outputs of the last run: " in said, said
+    assert sh(project, "git", "status", "--porcelain").stdout.split() == ["M", "params.yaml"]
+    assert (project / "models" / "finetuned" / "model.safetensors").read_bytes() == weights
+    sh(project, "git", "checkout", "--", "params.yaml")
+    assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS  # nothing is stale

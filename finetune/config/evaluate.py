@@ -14,7 +14,7 @@ class EvaluateParams(Section):
     prompts: list[str] = Field(default_factory=list)
     max_new_tokens: int = Field(60, ge=1, le=4096)
     repetition_penalty: float = Field(1.2, ge=1.0, le=5.0)
-    max_generation_examples: int = Field(50, ge=0)  # pairs mode: BLEU/ROUGE on this many
+    max_generation_examples: int = Field(50, ge=0)  # pairs and chat: BLEU/ROUGE-L on this many
     # general-English text that is not the user's, to see what fine-tuning cost; []: none
     reference_paths: list[str] = Field(default_factory=lambda: ["data/reference"])
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else the CPU

@@ -51,7 +51,7 @@ class TuneParams(Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: int | None = Field(42, ge=0)  # the sampler's; null: a different search each time
     pruner: Literal["median", "none"] = "median"  # on the validation losses as a trial trains
-    pruner_startup_trials: int = Field(2, ge=0)  # finished trials before any is pruned
+    pruner_startup_trials: int = Field(2, ge=0)  # complete (not pruned) trials before any is pruned
     pruner_warmup_steps: int = Field(0, ge=0)  # steps of a trial before it can be pruned
     # each trial also runs evaluate, export and report (scored on the test split, never ranked by
     # it); false: a trial runs through train, all its objective needs
