@@ -123,6 +123,21 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     write_metrics("eval", without, paths)
     run_stage(report, off, paths)
     assert "No reference text was scored" in (paths.reports / "report.md").read_text()
+    assert "Files not read" not in (paths.reports / "report.md").read_text()
+    ingested = paths.metrics / "ingest.json"
+    kept = ingested.read_text() if ingested.is_file() else None
+    write_metrics("ingest", {"files": 2, "ignored_files": 1,  # as ingest names what it left out
+                             "ignored": [{"file": "data/mine/memo.docx", "reason": "unsupported .docx"}],
+                             "skipped_files": [{"file": "data/gone", "reason": "no such file or directory"}]},
+                  paths)
+    run_stage(report, off, paths)
+    md = (paths.reports / "report.md").read_text()
+    assert "### Files not read" in md and "| data/mine/memo.docx | unsupported .docx |" in md
+    assert "| data/gone | no such file or directory |" in md and "| ignored |" not in md
+    if kept is None:
+        ingested.unlink()
+    else:
+        ingested.write_text(kept)
     page = (paths.reports / "report.html").read_text()
     assert "data:image/png;base64," in page and "<table>" in page
     assert (paths.reports / "loss.png").read_bytes()[:4] == b"\x89PNG"
