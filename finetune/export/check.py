@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finetune.gguf_files import parsed_once
+
 # Checked on every export: prose, digits and punctuation, and a chat-rendered request.
 CHECK_PROMPTS = ["The storm came in from the west, and the river rose 3.5 feet by 23:14.",
                  "Q: Where is my order FH-21290?\nA:"]
@@ -48,12 +50,13 @@ def read_back(gguf_path: Path) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_path.name}
-    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
-    if config.model_type == "gpt2":  # transformers reads gpt2.context_length into n_ctx only
-        config.n_positions = config.n_ctx
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=config,
-                                                 dtype=torch.float32, **kwargs)
-    return model, AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    with parsed_once():
+        config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+        if config.model_type == "gpt2":  # transformers reads gpt2.context_length into n_ctx only
+            config.n_positions = config.n_ctx
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, config=config,
+                                                     dtype=torch.float32, **kwargs)
+        return model, AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
 
 
 def compare(gguf_path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pandas as pd
 from finetune.config.model import ModelParams, ScratchParams
 from finetune.data import conversations
 from finetune.errors import UserError
+from finetune.gguf_files import parsed_once
 from finetune.files import read_json
 from finetune.paths import Paths
 
@@ -44,8 +45,9 @@ def from_gguf(path: Path) -> tuple[Any, Any]:
 
     if not path.is_file():
         raise UserError(f"model.source: {path}: no such file")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    with parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     config = loaded.config
     del config.quantization_config
     config._name_or_path = path.stem
