@@ -18,6 +18,7 @@ deep inside the handler; every error, a server fault included, is JSON; and a st
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +29,12 @@ from finetune.paths import PATHS
 from finetune.serving import (
     build_app,
     check_port_free,
+    is_loopback,
 )
 from finetune.text.prompts import inference_for
+
+
+KEY_ENV = "FINETUNE_API_KEY"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,12 +47,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="(default 8000)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--api-key", default=os.environ.get(KEY_ENV),
+                        help=f"require `Authorization: Bearer KEY` on every request (default: "
+                        f"${KEY_ENV}, which keeps the key out of shell history)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve a non-loopback --host without an API key (anyone who can "
+                        "reach it can use it)")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let web pages from ORIGIN call the API (e.g. https://app.example.com); "
+                        "repeatable; none by default")
     parser.add_argument("--inference", type=Path, default=None,
                         help="how to ask the model: an inference.json as tokenize writes it "
                         f"(default: the model folder's, else {PATHS.inference_file})")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
+    if not is_loopback(args.host) and not args.api_key and not args.insecure:
+        parser.error(f"--host {args.host} serves other machines: pass --api-key KEY (or set "
+                     f"{KEY_ENV}), or --insecure to serve anyone who can reach it")
     return args
 
 
@@ -60,7 +77,11 @@ def run(args: argparse.Namespace) -> None:
     check_port_free(args.host, args.port)
     hf_logging.set_verbosity_error()  # not a "[Request received]" warning per request
     started = time.perf_counter()
-    app = build_app(args.model, pick_device(args.device), asked)
+    if args.insecure and not is_loopback(args.host) and not args.api_key:
+        print(f"serve: warning: --insecure: anyone who can reach {args.host}:{args.port} can use "
+              "this model", file=sys.stderr, flush=True)
+    app = build_app(args.model, pick_device(args.device), asked, api_key=args.api_key,
+                    loopback_only=is_loopback(args.host), cors_origins=args.cors_origin)
     print(f"serve: {args.model} loaded in {time.perf_counter() - started:.1f} s; OpenAI API at "
           f"http://{args.host}:{args.port}/v1 (model name {str(args.model)!r}); Ctrl-C stops",
           file=sys.stderr, flush=True)

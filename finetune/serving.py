@@ -3,6 +3,8 @@ checked before they reach the model."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import socket
 from dataclasses import asdict
 from pathlib import Path
@@ -66,12 +68,45 @@ def error_body(message: str, status: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
-def build_app(model: Path, device: str, asked: Inference | None = None) -> Any:
+# What a pinned server mounts of transformers serve: the OpenAI endpoints it can answer. Not
+# /load_model and /reset (any web page could make it load another folder, or reset it: a
+# cross-site "simple" POST needs no CORS preflight), nor audio and /v1/systemone.
+SERVED = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/health"}
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: this machine only."""
+    if host.strip("[]") in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8000" -> "::1")."""
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def authorized(header: str | None, key: str) -> bool:
+    """`Authorization: Bearer <key>`, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
+
+
+def build_app(model: Path, device: str, asked: Inference | None = None, api_key: str | None = None,
+              loopback_only: bool = True, cors_origins: list[str] | None = None) -> Any:
     """transformers serve's application, pinned to `model` and loaded, with the additions above.
     Assembled from transformers.cli.serving as its `Serve` command assembles it. `asked`
     (finetune.text.prompts.inference_for) sets the loaded model's chat template, stop tokens and
     default sampling, so it answers as evaluate and generate ask it whatever the folder holds; a
-    model from elsewhere (no stop tokens known) keeps its own."""
+    model from elsewhere (no stop tokens known) keeps its own. With `api_key` every request needs
+    it; served on loopback, a request for another Host is refused (DNS rebinding); CORS headers
+    only for `cors_origins`."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -111,7 +146,8 @@ def build_app(model: Path, device: str, asked: Inference | None = None) -> Any:
 
     entry = {"id": name, "object": "model", "created": int((model / "config.json").stat().st_mtime),
              "owned_by": "finetune-pipeline"}
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/models"]
+    app.router.routes[:] = [r for r in app.router.routes
+                            if not getattr(r, "methods", None) or getattr(r, "path", "") in SERVED]
 
     app.state.served = loaded  # the model and tokenizer requests are answered with
 
@@ -124,6 +160,19 @@ def build_app(model: Path, device: str, asked: Inference | None = None) -> Any:
         if model_id != name:
             raise HTTPException(404, f"model {model_id!r} is not served here; this server has {name!r}")
         return entry
+
+    @app.middleware("http")
+    async def access(request: Request, call_next: Any) -> Any:
+        """The Host and the key, before anything else."""
+        host = host_name(request.headers.get("host", ""))
+        if loopback_only and not is_loopback(host):
+            return JSONResponse(error_body(f"Host {host!r} is not this server's: it serves "
+                                           "127.0.0.1, ::1 and localhost only", 421), status_code=421)
+        if api_key and not authorized(request.headers.get("authorization"), api_key):
+            body = error_body("a valid API key is required (Authorization: Bearer <key>)", 401)
+            body["error"]["code"] = "invalid_api_key"
+            return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.middleware("http")
     async def done_marker(request: Request, call_next: Any) -> Any:
@@ -161,6 +210,11 @@ def build_app(model: Path, device: str, asked: Inference | None = None) -> Any:
     async def server_error(_: Request, exc: Exception) -> JSONResponse:  # logged with its traceback
         return JSONResponse(error_body(f"server error: {type(exc).__name__}: {exc}", 500), status_code=500)
 
+    if cors_origins:  # outermost, so that a browser's preflight is answered before the key check
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     return app
 
 

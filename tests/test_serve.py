@@ -4,6 +4,8 @@ gives, 4xx JSON errors for bad requests after which it keeps serving, and nothin
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import os
@@ -52,16 +54,16 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, 0)  # the group is empty: no worker left behind
 
 
-@pytest.fixture(scope="module")
-def server(trained_chat: tuple[Params, Paths]) -> Iterator[tuple[str, str]]:
-    """The served model's name and base URL; the server is stopped and checked afterwards."""
-    model = str(trained_chat[1].finetuned)
+@contextlib.contextmanager
+def serving(model: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`serve` on a free loopback port until the block ends: its base URL. Up when /health
+    answers (with any status: 401 needs a key, which it then has)."""
     port = free_port()
     script = shutil.which("serve")
     assert script, "`serve` is not on PATH: is the project installed (uv sync)?"
-    process = subprocess.Popen([script, "--model", model, "--port", str(port), "--device", "cpu"],
+    process = subprocess.Popen([script, "--model", model, "--port", str(port), "--device", "cpu", *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -69,15 +71,24 @@ def server(trained_chat: tuple[Params, Paths]) -> Iterator[tuple[str, str]]:
             assert process.poll() is None, f"serve exited: {process.stderr.read()}"
             assert time.monotonic() < deadline, "serve did not come up within 180 s"
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers
             except OSError:  # not listening yet
                 time.sleep(0.5)
-        yield model, url
+        yield url
     finally:
         stop(process)
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def server(trained_chat: tuple[Params, Paths]) -> Iterator[tuple[str, str]]:
+    """The served model's name and base URL; the server is stopped and checked afterwards."""
+    model = str(trained_chat[1].finetuned)
+    with serving(model) as url:
+        yield model, url
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +201,65 @@ def test_the_served_model_is_asked_as_inference_json_says(
     stop = served.model.generation_config.eos_token_id
     assert (stop if isinstance(stop, list) else [stop]) == asked.stop_token_ids
     assert served.model.generation_config.temperature == asked.sampling["temperature"]
+
+
+def status_of(url: str, method: str, path: str, headers: dict[str, str] | None = None,
+              body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request to the loopback server, with the headers given as they are (Host included)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+def test_a_pinned_server_mounts_no_admin_endpoint_refuses_other_hosts_and_sends_no_cors(
+        server: tuple[str, str], client: openai.OpenAI) -> None:
+    model, url = server
+    chat = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 2}).encode()
+    json_type = {"content-type": "application/json"}
+    for path in ("/reset", "/load_model", "/v1/audio/transcriptions", "/v1/systemone"):
+        assert status_of(url, "POST", path, json_type, b"{}")[0] == 404, path
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host
+    code, _, body = status_of(url, "POST", "/v1/chat/completions",
+                              {**json_type, "Host": "evil.example:8000"}, chat)
+    assert code == 421 and "evil.example" in json.loads(body)["error"]["message"]
+    code, headers, _ = status_of(url, "POST", "/v1/chat/completions",
+                                 {**json_type, "Origin": "https://evil.example"}, chat)
+    assert code == 200 and not any(k.startswith("access-control-") for k in headers), headers
+    code, headers, _ = status_of(url, "OPTIONS", "/v1/chat/completions", {
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in headers
+    assert client.chat.completions.create(model=model, max_tokens=2, messages=[
+        {"role": "user", "content": PROMPT}]).choices[0].message.content is not None
+
+
+def test_an_api_key_is_required_on_every_endpoint_and_a_public_host_needs_one(
+        trained_chat: tuple[Params, Paths]) -> None:
+    model = str(trained_chat[1].finetuned)
+    key = "sk-test-" + "k" * 24
+    with serving(model, "--cors-origin", "https://app.example",
+                 env={**os.environ, "FINETUNE_API_KEY": key}) as url:
+        for method, path in (("GET", "/health"), ("GET", "/v1/models"),
+                             ("POST", "/v1/chat/completions")):
+            code, headers, body = status_of(url, method, path, {"Authorization": "Bearer wrong"})
+            assert code == 401 and json.loads(body)["error"]["code"] == "invalid_api_key", path
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        keyed = openai.OpenAI(base_url=url + "/v1", api_key=key, timeout=120, max_retries=0)
+        assert [m.id for m in keyed.models.list()] == [model]
+        assert keyed.chat.completions.create(model=model, max_tokens=2, messages=[
+            {"role": "user", "content": PROMPT}]).choices[0].message.content is not None
+        code, headers, _ = status_of(url, "OPTIONS", "/v1/chat/completions", {
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization"})
+        assert code == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    refused = subprocess.run([shutil.which("serve"), "--model", model, "--host", "0.0.0.0"],
+                             capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "FINETUNE_API_KEY"})
+    assert refused.returncode == 2  # refused before loading anything or binding
+    assert "--host 0.0.0.0 serves other machines: pass --api-key KEY" in refused.stderr
