@@ -53,20 +53,22 @@ def from_cache(root: Path, out: dict[str, Any], cache: Path | None) -> bool:
     if cache is None or not md5 or not cached(cache, md5).is_file():
         return False
     target = root / out["path"]
-    if not md5.endswith(".dir"):
-        return copy(cached(cache, md5), target)
-    listing = json.loads(cached(cache, md5).read_text(encoding="utf-8"))
-    if not all(cached(cache, entry["md5"]).is_file() for entry in listing):
+    files = {target: md5}
+    if md5.endswith(".dir"):
+        listing = json.loads(cached(cache, md5).read_text(encoding="utf-8"))
+        files = {target / entry["relpath"]: entry["md5"] for entry in listing}
+    if not all(cached(cache, oid).is_file() for oid in files.values()):
         return False
-    return all(copy(cached(cache, entry["md5"]), target / entry["relpath"]) for entry in listing)
+    for path, oid in files.items():
+        copy(cached(cache, oid), path)
+    return True
 
 
-def copy(source: Path, target: Path) -> bool:
+def copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.restoring")
     shutil.copyfile(source, partial)
     partial.replace(target)
-    return True
 
 
 def from_git(root: Path, path: str) -> bool:

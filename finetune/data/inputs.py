@@ -179,11 +179,8 @@ def inside(entries: list[str], key: str, root: Path) -> None:
 
 
 def md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def manifest(entries: list[str], files: list[Path], ignored: list[dict[str, str]] | None = None
