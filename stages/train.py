@@ -17,7 +17,6 @@ from finetune.config.common import Seed
 from finetune.config.train import TrainParams
 from finetune.paths import PATHS, Paths
 from finetune.stage import stage_main
-from finetune.training.trainer import RESUME_ENV, launch, resume_for, train_model
 
 # what `dvc exp show` shows of a run: {name in metrics/train.json: where it is in the summary}
 HEADLINE = {"val_loss": ("val_loss",), "tokens_per_second": ("tokens_per_second",)}
@@ -25,6 +24,10 @@ HEADLINE = {"val_loss": ("val_loss",), "tokens_per_second": ("tokens_per_second"
 
 def run(seed: Seed, train: TrainParams, paths: Paths = PATHS,
         params_file: str = "params.yaml") -> dict[str, Any]:
+    # imported here, after stage_main has checked the params: a bad value fails in a second, not
+    # after the seconds that transformers' Trainer (and peft, which it imports) take to load
+    from finetune.training.trainer import RESUME_ENV, launch, resume_for, train_model
+
     if RESUME_ENV in os.environ:  # a torchrun worker: the launcher chose the checkpoint
         resume = os.environ.get(RESUME_ENV)
         return train_model(seed, train, paths, Path(resume) if resume else None)
