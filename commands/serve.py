@@ -2,18 +2,14 @@
 
     uv run serve                            # models/finetuned on http://127.0.0.1:8000/v1
     uv run serve --model models/base --port 8001
+    FINETUNE_API_KEY=... uv run serve --host 0.0.0.0   # for other machines: a key is required
 
-It is transformers' own server (`transformers serve`: /v1/chat/completions with and without
-streaming, /v1/completions, /v1/responses), pinned to one model folder, which answers as it was
-trained: it reads how the model is asked as evaluate, generate and export do (the folder's
-inference.json, else data/tokenized/inference.json: finetune.text.prompts.inference_for), so the
-chat template renders a chat request as training rendered its examples, and the stop tokens and
-default sampling are tokenize's.
-Four things are added here, each missing from `transformers serve` as measured (transformers
-5.23): /v1/models lists the served model (it scans the Hugging Face cache instead, and answers
-500 without one); a malformed request gets a 4xx with an OpenAI-style JSON error, not a 500 from
-deep inside the handler; every error, a server fault included, is JSON; and a stream ends with
-`data: [DONE]` as OpenAI's do."""
+/v1/chat/completions and /v1/completions (streamed or not), /v1/models, /health, pinned to one
+model folder, which answers as it was trained: it reads how the model is asked as evaluate,
+generate and export do (the folder's inference.json, else data/tokenized/inference.json:
+finetune.text.prompts.inference_for). Requests are checked before any work and bounded (context,
+--max-tokens, --max-body, --timeout, --max-queue); the requests in flight are decoded together
+(continuous batching, finetune.serving.engine)."""
 
 from __future__ import annotations
 
@@ -22,17 +18,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from finetune.cli import run_command
 from finetune.models.loading import local_model_dir, pick_device
 from finetune.paths import PATHS
-from finetune.serving import (
-    build_app,
-    check_port_free,
-    is_loopback,
-)
+from finetune.serving.access import check_port_free, is_loopback
+from finetune.serving.app import Limits, build_app
 from finetune.text.prompts import inference_for
-
 
 KEY_ENV = "FINETUNE_API_KEY"
 
@@ -40,7 +33,7 @@ KEY_ENV = "FINETUNE_API_KEY"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="serve", description="Serve a model folder through an OpenAI-compatible HTTP API "
-        "(transformers serve). Ctrl-C stops it.")
+        "(continuous batching on one model). Ctrl-C stops it.")
     parser.add_argument("--model", type=Path, default=PATHS.finetuned,
                         help=f"model directory (default: {PATHS.finetuned}); requests name it as given")
     parser.add_argument("--host", default="127.0.0.1",
@@ -59,6 +52,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inference", type=Path, default=None,
                         help="how to ask the model: an inference.json as tokenize writes it "
                         f"(default: the model folder's, else {PATHS.inference_file})")
+    defaults = Limits()
+    parser.add_argument("--max-body", type=size, default=defaults.max_body, metavar="SIZE",
+                        help="the largest request body taken, e.g. 4MB or 500KB (default 4MB)")
+    parser.add_argument("--max-tokens", type=positive(int), default=defaults.max_tokens,
+                        help="the most tokens one answer may have; a request's max_tokens is "
+                        f"capped at it and at what the context leaves (default {defaults.max_tokens})")
+    parser.add_argument("--timeout", type=positive(float), default=defaults.timeout, metavar="SECONDS",
+                        help="how long one request may generate; it then ends with finish_reason "
+                        f"\"length\" (default {defaults.timeout:g})")
+    parser.add_argument("--max-batch", type=positive(int), default=defaults.max_batch,
+                        help=f"requests decoded together (default {defaults.max_batch})")
+    parser.add_argument("--max-queue", type=positive(int), default=defaults.max_queue,
+                        help="requests waiting beyond those; more get 503 with Retry-After "
+                        f"(default {defaults.max_queue})")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
@@ -68,6 +75,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def size(text: str) -> int:
+    """4MB, 500KB, 1GB or a number of bytes."""
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[:-len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(upper[:-len(unit)]) * factor)
+    if upper.isdigit():
+        return int(upper)
+    raise argparse.ArgumentTypeError(f"{text!r}: a size such as 4MB, 500KB or 1048576")
+
+
+def positive(cast: type) -> Any:
+    def check(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+        return value
+    return check
+
+
 def run(args: argparse.Namespace) -> None:
     import uvicorn
     from transformers.utils import logging as hf_logging
@@ -75,17 +106,19 @@ def run(args: argparse.Namespace) -> None:
     local_model_dir(args.model)  # a missing folder fails here, in one line
     asked = inference_for(args.model, args.inference)
     check_port_free(args.host, args.port)
-    hf_logging.set_verbosity_error()  # not a "[Request received]" warning per request
+    hf_logging.set_verbosity_error()
     started = time.perf_counter()
     if args.insecure and not is_loopback(args.host) and not args.api_key:
         print(f"serve: warning: --insecure: anyone who can reach {args.host}:{args.port} can use "
               "this model", file=sys.stderr, flush=True)
+    limits = Limits(max_body=args.max_body, max_tokens=args.max_tokens, timeout=args.timeout,
+                    max_batch=args.max_batch, max_queue=args.max_queue)
     app = build_app(args.model, pick_device(args.device), asked, api_key=args.api_key,
-                    loopback_only=is_loopback(args.host), cors_origins=args.cors_origin)
+                    loopback_only=is_loopback(args.host), cors_origins=args.cors_origin, limits=limits)
     print(f"serve: {args.model} loaded in {time.perf_counter() - started:.1f} s; OpenAI API at "
           f"http://{args.host}:{args.port}/v1 (model name {str(args.model)!r}); Ctrl-C stops",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -171,14 +171,19 @@ def test_serve(tiny_base: Path, tmp_path: Path) -> None:
     """bench.serve: the real server on a loopback port, streamed through the openai client, then
     stopped: no process of it is left."""
     out = tmp_path / "serve.json"
-    serve.main(["--model", str(tiny_base), "--tokens", "4", "--runs", "1", "--out", str(out)])
+    serve.main(["--model", str(tiny_base), "--tokens", "4", "--runs", "1", "--levels", "1,2",
+                "--out", str(out)])
     assert servers_of(tiny_base) == []
     saved = json.loads(out.read_text())
     positive(saved, "startup_seconds")
     for endpoint in ("chat", "completions"):
         assert saved[endpoint]["first_token_ms"] >= 0
         positive(saved[endpoint], "chunks")
-    assert serve.SECTION[0] in out.with_name("results.md").read_text()
+    assert list(saved["concurrency"]) == ["1", "2"]
+    for level in saved["concurrency"].values():
+        positive(level, "tokens_per_second", "speedup")
+        assert level["same_as_alone"] == level["requests"]  # greedy, batched or not
+    assert "| clients |" in out.with_name("results.md").read_text()
 
 
 @pytest.mark.slow  # five stage processes, each importing its libraries: ~20 s

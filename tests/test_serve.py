@@ -183,7 +183,7 @@ def test_the_served_model_is_asked_as_inference_json_says(
     """serve reads how to ask the model through inference_for, as generate and evaluate do: a
     folder whose tokenizer and generation config lost the chat template and stop tokens is served
     with inference.json's."""
-    from finetune.serving import build_app
+    from finetune.serving.app import build_app
     from finetune.text.prompts import inference_for
 
     folder = tmp_path / "model"
@@ -196,11 +196,14 @@ def test_the_served_model_is_asked_as_inference_json_says(
     asked = inference_for(folder)
     assert asked.stop_token_ids and asked.mode == "chat"
 
-    served = build_app(folder, "cpu", asked).state.served
-    assert served.processor.chat_template == asked.chat_template
+    app = build_app(folder, "cpu", asked)
+    served = app.state.served
+    app.state.engine.close()
+    assert served.tokenizer.chat_template == asked.chat_template
     stop = served.model.generation_config.eos_token_id
     assert (stop if isinstance(stop, list) else [stop]) == asked.stop_token_ids
     assert served.model.generation_config.temperature == asked.sampling["temperature"]
+    assert served.temperature == asked.sampling["temperature"] and served.stop_ids == asked.stop_token_ids
 
 
 def status_of(url: str, method: str, path: str, headers: dict[str, str] | None = None,
@@ -222,7 +225,7 @@ def test_a_pinned_server_mounts_no_admin_endpoint_refuses_other_hosts_and_sends_
     chat = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}],
                        "max_tokens": 2}).encode()
     json_type = {"content-type": "application/json"}
-    for path in ("/reset", "/load_model", "/v1/audio/transcriptions", "/v1/systemone"):
+    for path in ("/reset", "/load_model", "/v1/audio/transcriptions", "/v1/systemone", "/v1/responses"):
         assert status_of(url, "POST", path, json_type, b"{}")[0] == 404, path
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host
     code, _, body = status_of(url, "POST", "/v1/chat/completions",
@@ -263,3 +266,190 @@ def test_an_api_key_is_required_on_every_endpoint_and_a_public_host_needs_one(
                              env={k: v for k, v in os.environ.items() if k != "FINETUNE_API_KEY"})
     assert refused.returncode == 2  # refused before loading anything or binding
     assert "--host 0.0.0.0 serves other machines: pass --api-key KEY" in refused.stderr
+
+
+def chat_body(model: str, **fields: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4, **fields}
+
+
+# Hostile or careless requests, each a 400 naming the field (what the OpenAI API answers), none
+# reaching the model. Raw bodies, so that no client library refuses them first.
+HOSTILE: list[tuple[str, str, Any, str]] = [
+    ("NaN temperature", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], '
+     b'"temperature": NaN}', "NaN is not a JSON number"),
+    ("temperature above 2", "/v1/chat/completions", {"temperature": 3},
+     "temperature: must be a number in [0, 2]"),
+    ("stop: 5", "/v1/chat/completions", {"stop": 5}, "stop: must be a string or a list of strings"),
+    ("seed: 'x'", "/v1/chat/completions", {"seed": "x"}, "seed: must be an integer"),
+    ("seed: 2**70", "/v1/chat/completions", {"seed": 2**70}, "seed: must be between"),
+    ("logit_bias key not a token id", "/v1/chat/completions", {"logit_bias": {"abc": 1}},
+     "logit_bias: 'abc' is not a token id"),
+    ("logit_bias key out of the vocabulary", "/v1/chat/completions", {"logit_bias": {"99999999": 1}},
+     "logit_bias: '99999999' is not a token id"),
+    ("logit_bias value out of range", "/v1/chat/completions", {"logit_bias": {"5": 1000}},
+     "logit_bias['5']: must be a number in [-100, 100]"),
+    ("frequency_penalty: 'abc'", "/v1/chat/completions", {"frequency_penalty": "abc"},
+     "frequency_penalty: must be a number"),
+    ("a lone UTF-16 surrogate", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}',
+     "messages[0].content: is not valid Unicode"),
+    ("bytes that are not UTF-8", "/v1/chat/completions", b'{"messages": "\xff\xfe"}', "not valid UTF-8"),
+    ("a generation_config object", "/v1/chat/completions", {"generation_config": {"max_new_tokens": 9}},
+     "generation_config: is not a field"),
+    ("max_new_tokens: 0", "/v1/chat/completions", {"max_new_tokens": 0}, "max_new_tokens: is not a field"),
+    ("max_tokens: 0", "/v1/chat/completions", {"max_tokens": 0}, "max_tokens: must be between 1"),
+    ("max_tokens: true", "/v1/chat/completions", {"max_tokens": True}, "max_tokens: must be an integer"),
+    ("n: 50", "/v1/chat/completions", {"n": 50}, "n: only 1 choice per request"),
+    ("10,000 stop strings", "/v1/chat/completions", {"stop": ["x"] * 10_000}, "stop: at most 4"),
+    ("one 100,000-character stop string", "/v1/chat/completions", {"stop": "x" * 100_000},
+     "stop: at most 200 characters"),
+    ("top_p: 0", "/v1/chat/completions", {"top_p": 0}, "top_p: must be a number in (0, 1]"),
+    ("tools", "/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]},
+     "tools: tool calling is not supported"),
+    ("an image part", "/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "only text parts are supported"),
+    ("stream_options without stream", "/v1/chat/completions", {"stream_options": {"include_usage": True}},
+     "stream_options: is only allowed with stream: true"),
+    ("a body nested 100,000 deep", "/v1/chat/completions", b"[" * 100_000, "not valid JSON"),
+    ("a body that is a list", "/v1/chat/completions", b"[1, 2]", "the body must be a JSON object"),
+    ("logprobs", "/v1/completions", {"prompt": "hi", "logprobs": 5}, "logprobs: is not supported"),
+    ("an empty prompt", "/v1/completions", {"prompt": ""}, "prompt: must not be empty"),
+    ("several prompts", "/v1/completions", {"prompt": ["a", "b"]}, "prompt: one prompt per request"),
+    ("echo", "/v1/completions", {"prompt": "hi", "echo": True}, "echo: is not supported"),
+]
+
+
+def test_hostile_requests_get_a_400_naming_the_field_and_the_server_keeps_serving(
+        server: tuple[str, str], client: openai.OpenAI) -> None:
+    model, url = server
+    json_type = {"content-type": "application/json"}
+    for name, path, body, said in HOSTILE:
+        if isinstance(body, dict):
+            base = chat_body(model) if path.endswith("chat/completions") else {"model": model}
+            body = json.dumps({**base, **body}).encode()
+        code, _, answer = status_of(url, "POST", path, json_type, body)
+        error = json.loads(answer)["error"]
+        assert code == 400 and said in error["message"], (name, code, error)
+        assert error["type"] == "invalid_request_error"
+    # longer than the context: a 400 with both token counts; max_tokens above what the context
+    # leaves is capped (the tiny model's context is 128 tokens)
+    long = chat_body(model, messages=[{"role": "user", "content": "order " * 100_000}])
+    code, _, answer = status_of(url, "POST", "/v1/chat/completions", json_type, json.dumps(long).encode())
+    message = json.loads(answer)["error"]["message"]
+    assert code == 400 and "this model's context is 128 tokens" in message and "the prompt is" in message
+    capped = client.chat.completions.create(**chat_body(model, max_tokens=10**9, temperature=0))
+    assert capped.usage.prompt_tokens + capped.usage.completion_tokens <= 128
+    assert client.chat.completions.create(**chat_body(model)).choices[0].message.content is not None
+
+
+QUESTIONS = ["Where is my order FH-1003?", "Can I pay in instalments?", "My parcel arrived damaged.",
+             "How do I change the delivery address on an order I placed yesterday?", "Refund?",
+             "Do you ship to Norway, and how long does it take?", "I was charged twice.",
+             "Cancel my subscription please"]
+
+
+def ask(client: openai.OpenAI, model: str, i: int, stream: bool) -> str:
+    body = chat_body(model, messages=[{"role": "user", "content": f"{QUESTIONS[i % 8]} ({i})"}],
+                     max_tokens=24, temperature=0)
+    if stream:
+        return "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(**body, stream=True) if c.choices)
+    return client.chat.completions.create(**body).choices[0].message.content
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 16])
+def test_concurrent_greedy_requests_answer_as_each_alone(
+        server: tuple[str, str], client: openai.OpenAI, n: int) -> None:
+    """n different greedy requests at once (streamed at 8 and 16) give the answers each gives
+    alone; at 1, a stream gives the answer it gives unstreamed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = [ask(client, server[0], i, stream=False) for i in range(n)]
+    if n == 1:
+        assert ask(client, server[0], 0, stream=True) == alone[0]
+        return
+    with ThreadPoolExecutor(n) as pool:
+        together = list(pool.map(lambda i: ask(client, server[0], i, stream=n >= 8), range(n)))
+    assert together == alone and len(set(alone)) > 1, (together, alone)
+
+
+def health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def never_stopping(model: str, max_tokens: int = 100) -> dict[str, Any]:
+    """A greedy request with the model's stop tokens banned (logit_bias): only its budget, its
+    time limit or its client ends it."""
+    stop = json.loads((Path(model) / "inference.json").read_text())["stop_token_ids"]
+    return chat_body(model, max_tokens=max_tokens, temperature=0, logit_bias={str(i): -100 for i in stop})
+
+
+def test_a_disconnect_storm_stops_every_generation(trained_chat: tuple[Params, Paths]) -> None:
+    """Twenty streams closed after their first chunk (one decoded at a time, so they wait in
+    line), then ten plain requests whose clients give up: each stream's generation is dropped
+    (none runs to its budget), nothing is left generating, and the next request is answered."""
+    model = str(trained_chat[1].finetuned)
+    with serving(model, "--max-batch", "1") as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        stream = json.dumps({**never_stopping(model), "stream": True}).encode()
+        plain = json.dumps(never_stopping(model)).encode()
+        for i in range(30):
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            connection.request("POST", "/v1/chat/completions", body=stream if i < 20 else plain,
+                               headers={"content-type": "application/json"})
+            if i < 20:
+                assert connection.getresponse().readline().startswith(b"data: ")
+            connection.close()
+        deadline = time.monotonic() + 60
+        while health(url)["running"] or health(url)["waiting"]:
+            assert time.monotonic() < deadline, health(url)
+            time.sleep(0.1)
+        assert health(url)["cancelled"] >= 20, health(url)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="-", timeout=60, max_retries=0)
+        assert client.chat.completions.create(**chat_body(model)).choices[0].message.content is not None
+
+
+def test_bounded_bodies_queue_and_time(trained_chat: tuple[Params, Paths]) -> None:
+    """--max-body refuses a larger body (declared or not) before reading it; --max-batch 1 and
+    --max-queue 1 answer a third request at once 503 with Retry-After; --timeout ends a long
+    answer early with finish_reason "length"."""
+    import threading
+
+    model = str(trained_chat[1].finetuned)
+    with serving(model, "--max-body", "64KB", "--max-batch", "1", "--max-queue", "1",
+                 "--timeout", "0.02") as url:
+        json_type = {"content-type": "application/json"}
+        big = json.dumps(chat_body(model, messages=[{"role": "user", "content": "x" * 100_000}])).encode()
+        code, _, answer = status_of(url, "POST", "/v1/chat/completions", json_type, big)
+        assert code == 413 and "65536 bytes" in json.loads(answer)["error"]["message"]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)  # no Content-Length
+        connection.request("POST", "/v1/chat/completions", body=iter([big[i:i + 8192] for i in
+                                                                     range(0, len(big), 8192)]),
+                           headers={**json_type, "Transfer-Encoding": "chunked"}, encode_chunked=True)
+        assert connection.getresponse().status == 413
+        connection.close()
+
+        keyed = openai.OpenAI(base_url=url + "/v1", api_key="-", timeout=60, max_retries=0)
+        endless = never_stopping(model)
+        timed = keyed.chat.completions.create(**endless)
+        assert timed.choices[0].finish_reason == "length" and timed.usage.completion_tokens < 100
+
+        codes: list[tuple[int, dict[str, str]]] = []
+        start = threading.Barrier(24)
+
+        def post() -> None:
+            start.wait()
+            codes.append(status_of(url, "POST", "/v1/chat/completions", json_type,
+                                   json.dumps(endless).encode())[:2])
+
+        threads = [threading.Thread(target=post) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        refused = [headers for code, headers in codes if code == 503]
+        assert len(codes) == 24 and refused and all(h.get("retry-after") for h in refused), codes
+        assert {code for code, _ in codes} <= {200, 503}
+        assert keyed.chat.completions.create(**chat_body(model)).choices[0].message.content is not None
