@@ -453,3 +453,31 @@ def test_bounded_bodies_queue_and_time(trained_chat: tuple[Params, Paths]) -> No
         assert len(codes) == 24 and refused and all(h.get("retry-after") for h in refused), codes
         assert {code for code, _ in codes} <= {200, 503}
         assert keyed.chat.completions.create(**chat_body(model)).choices[0].message.content is not None
+
+
+def test_seeds_stop_strings_and_usage_hold_batched_or_not(server: tuple[str, str],
+                                                           client: openai.OpenAI) -> None:
+    """A seeded sampled answer is the same alone and beside other requests; a stop string ends
+    the answer before it, streamed or not; include_usage adds the usage chunk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = server[0]
+    seeded = chat_body(model, max_tokens=20, temperature=1.0, seed=7)
+    alone = client.chat.completions.create(**seeded).choices[0].message.content
+    others = [chat_body(model, max_tokens=20, temperature=1.0, seed=i) for i in range(6)]
+    with ThreadPoolExecutor(7) as pool:
+        answers = list(pool.map(lambda b: client.chat.completions.create(**b).choices[0].message.content,
+                                [*others[:3], seeded, *others[3:]]))
+    assert answers[3] == alone and len(set(answers)) > 1, answers
+
+    free = client.chat.completions.create(**never_stopping(model, 30)).choices[0].message.content
+    assert len(free) > 6, free
+    stop = free[3:6]  # a string the answer holds: it must end there, and not be sent
+    cut = client.chat.completions.create(**never_stopping(model, 30), stop=[stop])
+    assert cut.choices[0].message.content == free[:free.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(**never_stopping(model, 30), stop=[stop], stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == free[:free.index(stop)]
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert chunks[-1].usage.completion_tokens <= 30

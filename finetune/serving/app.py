@@ -186,7 +186,7 @@ def build_app(model: Path, device: str, asked: Inference | None = None, api_key:
         return body
 
     async def answer(request: Request, ask: Ask, chat: bool) -> Any:
-        prompt = served.prompt_ids(ask)
+        prompt = await asyncio.to_thread(served.prompt_ids, ask)  # a long prompt blocks no one
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = served.job(ask, prompt, limits, threadsafe_sink(loop, events))
