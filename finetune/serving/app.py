@@ -93,6 +93,8 @@ class Served:
         """The engine's job for a checked request: its budget is what the context leaves, at
         most `limits.max_tokens`; a prompt that leaves nothing is a 400 with both counts."""
         where = "messages" if ask.messages is not None else "prompt"
+        if not prompt:
+            raise BadRequest(where, "renders to no tokens for this model")
         if len(prompt) >= self.context:
             raise BadRequest(where, f"the prompt is {len(prompt)} tokens; this model's context is "
                              f"{self.context} tokens, which leaves none for the answer")
@@ -200,21 +202,27 @@ def build_app(model: Path, device: str, asked: Inference | None = None, api_key:
             return StreamingResponse(stream(request, job, events, text, made, chat, ask, usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        async def watch() -> None:  # the client going away ends its generation at the next token
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            job.cancelled.set()
+            events.put_nowait(("gone", None))
+
+        watcher = asyncio.create_task(watch())
         reason = None
-        while reason is None:
-            try:
-                kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancelled.set()
+        try:
+            while reason is None:
+                kind, value = await events.get()
+                if kind == "token":
+                    text.feed(value)
+                elif kind == "end":
+                    reason = value
+                elif kind == "gone":
                     return JSONResponse(error_body("the client went away", 499), status_code=499)
-                continue
-            if kind == "token":
-                text.feed(value)
-            elif kind == "end":
-                reason = value
-            else:
-                raise RuntimeError(value)
+                else:
+                    raise RuntimeError(value)
+        finally:
+            watcher.cancel()
         content = text.text()
         reason = "stop" if text.stopped else reason
         choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
