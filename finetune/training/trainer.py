@@ -374,10 +374,15 @@ def train_model(seed: int, p: TrainParams, paths: Paths, resume: Path | None) ->
         if rank() == 0:
             print(f"train: resuming from {resume} (step {checkpoint_step(resume)})")
     set_seed(seed)
-    tokenizer = load_tokenizer(paths.base_model)
-    model = prepare(load_model(paths.base_model, attention=p.attention), p)
     train_set = datasets.load_from_disk(str(paths.tokenized / "train"))
     val_set = datasets.load_from_disk(str(paths.tokenized / "val"))
+    from finetune.training.plan import check  # the memory it needs, before the model is loaded
+
+    lines = check(p, paths.base_model, device, precision, len(train_set[0]["input_ids"]))
+    if rank() == 0:
+        print("\n".join(line.replace("plan: ", "train: ", 1) for line in lines), flush=True)
+    tokenizer = load_tokenizer(paths.base_model)
+    model = prepare(load_model(paths.base_model, attention=p.attention), p)
     args = training_args(p, seed, device, precision, paths.checkpoints, bool(resume))
     with open_live(paths.train_log) if rank() == 0 else contextlib.nullcontext() as live:
         callbacks: list[Any] = [CompleteCheckpoints(p.keep_checkpoints)]
