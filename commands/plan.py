@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default=None,
                         help=f"a model folder, a config.json or {', '.join(PRESETS)} (default: "
                         f"{PATHS.base_model}, else model.source)")
-    parser.add_argument("--method", choices=["full", "freeze", "lora"], default=None)
+    parser.add_argument("--method", choices=["full", "freeze", "lora", "qlora"], default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None)

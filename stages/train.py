@@ -26,8 +26,9 @@ def run(seed: Seed, train: TrainParams, paths: Paths = PATHS,
         params_file: str = "params.yaml") -> dict[str, Any]:
     # imported here, after stage_main has checked the params: a bad value fails in a second, not
     # after the seconds that transformers' Trainer (and peft, which it imports) take to load
-    from finetune.training.trainer import RESUME_ENV, launch, resume_for, train_model
+    from finetune.training.trainer import RESUME_ENV, check_method, launch, resume_for, train_model
 
+    check_method(train)
     if RESUME_ENV in os.environ:  # a torchrun worker: the launcher chose the checkpoint
         resume = os.environ.get(RESUME_ENV)
         return train_model(seed, train, paths, Path(resume) if resume else None)

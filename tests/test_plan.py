@@ -81,3 +81,12 @@ def test_train_refuses_a_run_that_cannot_fit_unless_told(tmp_path: Path,
         plan.check(TrainParams(), tmp_path, "cpu", "fp32", 32)
     monkeypatch.setenv(plan.IGNORE_ENV, "1")
     assert plan.check(TrainParams(), tmp_path, "cpu", "fp32", 32)[-1].startswith("plan: does NOT fit")
+
+
+def test_qlora_keeps_the_linear_layers_in_about_four_bits() -> None:
+    config = LlamaConfig(**plan_command.PRESETS["llama-8b"])
+    full = plan.plan(config, TrainParams(method="lora"), 2048, "cuda", "bf16")
+    qlora = plan.plan(config, TrainParams(method="qlora"), 2048, "cuda", "bf16")
+    assert qlora.trainable == full.trainable and qlora.parameters == full.parameters
+    # 6.98B linear weights at 4.13 bits, the two 0.53B embeddings at bf16: about 5.7 GB
+    assert 5.5e9 < qlora.weights < 6.0e9 and qlora.weights < full.weights / 5

@@ -176,3 +176,49 @@ def test_reduce_lr_on_plateau_lowers_the_rate_when_validation_loss_stops_falling
     assert rates[0] == 0.5 and rates[-1] < 0.5, rates
     assert all(b <= a for a, b in zip(rates, rates[1:], strict=False))
     assert math.isfinite(summary["val_loss"])
+
+
+def test_qlora_without_bitsandbytes_ends_in_one_line_before_any_work(
+        trained: tuple[Params, Paths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params, paths = trained
+    out = outputs_under(paths, tmp_path)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as where the qlora group is not synced
+    with pytest.raises(UserError, match=r"^train.method: qlora needs bitsandbytes, in the optional "
+                       r"qlora group: uv sync --group qlora"):
+        run_stage(train, with_train(params, method="qlora"), out)
+    assert not out.finetuned.exists() and not out.checkpoints.exists()
+
+
+def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_at_full_precision(
+        trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    """A tiny Llama (bitsandbytes quantizes nn.Linear, which GPT-2's Conv1D is not) trained with
+    method qlora where bitsandbytes runs 4-bit (CUDA, or its CPU backend: 0.50 has one): only
+    the adapters train, the base's linear layers are NF4, and models/finetuned is the plain model
+    the adapter merged into the full-precision base gives."""
+    pytest.importorskip("bitsandbytes", reason="the qlora group is not synced (uv sync --group qlora)")
+    from peft import PeftModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    params, paths = trained
+    base = tmp_path / "llama-base"
+    torch.manual_seed(0)
+    vocab = load_model(paths.base_model).config.vocab_size
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                                 max_position_embeddings=128)).save_pretrained(base)
+    shutil.copy(paths.base_model / "tokenizer.json", base)
+    shutil.copy(paths.base_model / "tokenizer_config.json", base)
+    out = dataclasses.replace(outputs_under(paths, tmp_path), base_model=base)
+    summary = run_stage(train, with_train(params, method="qlora", max_steps=3,
+                                          lora={"r": 4, "target_modules": "all-linear"}), out)
+    # r x (in + out) for q, k, v, o, gate, up, down in each of the 2 blocks
+    per_block = 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 128) * 2 + (128 + 64))
+    assert summary["method"] == "qlora" and summary["trainable_parameters"] == 2 * per_block
+    config = json.loads((out.finetuned / "config.json").read_text())
+    assert "quantization_config" not in config, "a plain model, not a 4-bit one"
+    tuned = load_model(out.finetuned)
+    reference = PeftModel.from_pretrained(load_model(base), out.finetuned / "lora_adapter").merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 2, 7, 3]])
+    with torch.no_grad():
+        assert torch.allclose(tuned(ids).logits, reference(ids).logits, atol=1e-5)
+        assert not torch.allclose(tuned(ids).logits, load_model(base)(ids).logits, atol=1e-4)

@@ -10,7 +10,7 @@ from finetune.config.section import Section
 
 
 class LoraParams(Section):
-    """LoRA adapters (`train.method: lora`), through peft."""
+    """LoRA adapters (`train.method: lora`, and `qlora` on a 4-bit base), through peft."""
 
     r: int = Field(8, ge=1, le=4096)
     alpha: float = Field(16.0, gt=0)
@@ -27,7 +27,7 @@ class LoraParams(Section):
 
 
 class TrainParams(Section):
-    method: Literal["full", "freeze", "lora"] = "full"
+    method: Literal["full", "freeze", "lora", "qlora"] = "full"
     learning_rate: float = Field(1.0e-4, gt=0, le=1)
     num_epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # -1: run num_epochs
@@ -76,7 +76,7 @@ class TrainParams(Section):
             raise ValueError(f"train.save_steps: must equal train.eval_steps ({self.eval_steps}) "
                              "when train.early_stopping_patience is set, so that every evaluated "
                              "model, the best included, is in a checkpoint")
-        if self.method == "lora" and self.num_processes > 1 and self.distributed == "fsdp":
+        if self.method in ("lora", "qlora") and self.num_processes > 1 and self.distributed == "fsdp":
             raise ValueError("train.distributed: fsdp with train.method lora is not supported; "
                              "use ddp (LoRA's few trainable weights need no sharding)")
         return self

@@ -1,6 +1,6 @@
 """How much memory a training run needs, before it starts: weights, gradients, optimizer states,
 activations (with the logits) and the process itself, for a model config, a method (full,
-freeze, lora), batch, block size, gradient checkpointing and processes, with a verdict for the
+freeze, lora, qlora), batch, block size, gradient checkpointing and processes, with a verdict for the
 device (CUDA memory, or RAM).
 
 Parameters are counted exactly: the model is built on PyTorch's meta device (no memory) and
@@ -106,7 +106,15 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
     """The memory one process of this run needs."""
     from finetune.training.trainer import default_frozen, prepare
 
-    model = prepare(meta_model(config), train)
+    model = meta_model(config)
+    quantized = 0  # qlora: the weights of the linear layers bitsandbytes stores in 4 bits
+    if train.method == "qlora":
+        import torch
+
+        head = model.get_output_embeddings()
+        quantized = sum(m.weight.numel() for m in model.modules()
+                        if isinstance(m, torch.nn.Linear) and m is not head)
+    model = prepare(model, train.model_copy(update={"method": "lora"}) if quantized else train)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     layers = int(config.num_hidden_layers)
@@ -119,11 +127,14 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
     width = 2 if precision in ("bf16", "fp16") else 4  # autocast keeps activations in 16 bits
     return Plan(method=train.method, device=device, precision=precision, parameters=parameters,
                 trainable=trainable, tokens_per_step=tokens,
-                weights=4.0 * parameters,  # fp32 master weights (mixed precision autocasts)
+                # fp32 master weights (mixed precision autocasts); qlora: NF4 with double
+                # quantization (about 4.13 bits a weight), the rest in the training precision
+                weights=(quantized * 4.13 / 8 + (parameters - quantized) * width) if quantized
+                else 4.0 * parameters,
                 gradients=4.0 * trainable, optimizer=8.0 * trainable,  # AdamW: two fp32 moments
                 activations=activation_bytes(
                     config, tokens, trained_layers, width, train.gradient_checkpointing,
-                    lora_bytes(model, train.lora.dropout, width) if train.method == "lora" else 0.0),
+                    lora_bytes(model, train.lora.dropout, width) if "lora" in train.method else 0.0),
                 process=PROCESS_BYTES["cuda" if device == "cuda" else "cpu"])
 
 
@@ -146,11 +157,10 @@ def check(p: TrainParams, model_dir: Any, device: str, precision: str, block_siz
     """The train stage's plan lines; a UserError when it cannot fit here (unless IGNORE_ENV)."""
     import os
 
+    import torch
     from transformers import AutoConfig
 
     from finetune.errors import UserError
-
-    import torch
 
     with torch.random.fork_rng(devices=[]):  # building the plan's model draws no training seed
         here = plan(AutoConfig.from_pretrained(model_dir), p, block_size, device, precision)

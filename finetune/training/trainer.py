@@ -1,4 +1,4 @@
-"""Fine-tuning with the Hugging Face Trainer: the method (full, freeze, LoRA), the training
+"""Fine-tuning with the Hugging Face Trainer: the method (full, freeze, LoRA, QLoRA), the training
 arguments, DVCLive logging, checkpoints a killed run resumes from, torchrun for several processes."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from finetune.models.collators import collator, model_inputs
 from finetune.models.loading import (
     load_model,
     load_tokenizer,
+    local_model_dir,
     pick_device,
     pick_precision,
     save_tokenizer,
@@ -246,14 +247,69 @@ def default_frozen(model: Any) -> int:
     return max(1, model.config.num_hidden_layers // 2)
 
 
+QLORA_HELP = "uv sync --group qlora (or uv run --group qlora dvc repro)"
+
+
+def compute_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def check_method(p: TrainParams) -> None:
+    """What the method needs and this machine lacks, in one line before any work: for qlora,
+    bitsandbytes (an optional group) and a 4-bit backend for the device, both tried here."""
+    if p.method != "qlora":
+        return
+    device = pick_device(p.device)
+    precision = pick_precision(p.precision, device)
+    try:
+        import bitsandbytes
+        from bitsandbytes.functional import dequantize_4bit, quantize_4bit
+    except ImportError:
+        raise UserError(f"train.method: qlora needs bitsandbytes, in the optional qlora group: "
+                        f"{QLORA_HELP}") from None
+    import torch
+
+    try:  # the backend this device has, measured on a small matrix
+        probe = torch.linspace(-1, 1, 64 * 64, dtype=compute_dtype(precision), device=device).view(64, 64)
+        packed, state = quantize_4bit(probe, quant_type="nf4")
+        back = dequantize_4bit(packed, state)
+        assert back.shape == probe.shape and float((back - probe).abs().max()) < 0.25
+    except Exception as e:
+        raise UserError(f"train.method: qlora: bitsandbytes {bitsandbytes.__version__} cannot run "
+                        f"4-bit on {device} here ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "use train.method: lora, or a CUDA GPU") from None
+
+
+def load_quantized(path: Path, device: str, precision: str, attention: str) -> Any:
+    """The base model with its linear layers in 4-bit NF4 (double quantization), the rest and
+    the computation in the training precision (bitsandbytes, through transformers)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = compute_dtype(precision)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    place = int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"
+    return AutoModelForCausalLM.from_pretrained(
+        local_model_dir(path), quantization_config=config, dtype=dtype, device_map={"": place},
+        attn_implementation=attention, use_safetensors=True, trust_remote_code=False)
+
+
 def prepare(model: Any, p: TrainParams) -> Any:
     """The model to train for `train.method`: every weight (full), all but the embeddings and
-    the first blocks (freeze), or LoRA adapters on top of frozen weights (lora, through peft)."""
+    the first blocks (freeze), or LoRA adapters on top of frozen weights (lora, through peft;
+    qlora: on a 4-bit base, load_quantized)."""
     if p.method == "freeze":
         freeze(model, default_frozen(model) if p.freeze_layers is None else p.freeze_layers)
-    elif p.method == "lora":
+    elif p.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        if p.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=p.gradient_checkpointing)
         config = LoraConfig(task_type="CAUSAL_LM", r=p.lora.r, lora_alpha=p.lora.alpha,
                             lora_dropout=p.lora.dropout, target_modules=p.lora.target_modules)
         try:
@@ -266,8 +322,9 @@ def prepare(model: Any, p: TrainParams) -> Any:
 
 
 def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path,
-                   asked: dict[str, Any]) -> None:
-    """models/finetuned: a plain model (LoRA merged in, its adapter kept under lora_adapter/),
+                   asked: dict[str, Any], base: Path | None = None, precision: str = "fp32") -> None:
+    """models/finetuned: a plain model (LoRA merged in, its adapter kept under lora_adapter/;
+    QLoRA's merged into the `base` weights at full precision, saved in the training precision),
     with the chat template, stop tokens and sampling it is to be asked with (`asked`, from
     tokenize), written by rank 0 only. Every rank takes part in gathering the weights (FSDP
     shards them)."""
@@ -276,9 +333,15 @@ def save_finetuned(trainer: Any, tokenizer: Any, p: TrainParams, directory: Path
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
     with atomic_output(directory) as tmp:
-        if p.method == "lora":
+        if p.method in ("lora", "qlora"):
             model.save_pretrained(tmp / "lora_adapter")
-            model = model.merge_and_unload()
+            if p.method == "qlora":  # not into the 4-bit copy, which would round the merge
+                from peft import PeftModel
+
+                full = load_model(base, "cpu").to(compute_dtype(precision))
+                model = PeftModel.from_pretrained(full, tmp / "lora_adapter").merge_and_unload()
+            else:
+                model = model.merge_and_unload()
             state = None
         set_inference(model, tokenizer, asked)
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
@@ -382,7 +445,11 @@ def train_model(seed: int, p: TrainParams, paths: Paths, resume: Path | None) ->
     if rank() == 0:
         print("\n".join(line.replace("plan: ", "train: ", 1) for line in lines), flush=True)
     tokenizer = load_tokenizer(paths.base_model)
-    model = prepare(load_model(paths.base_model, attention=p.attention), p)
+    if p.method == "qlora":
+        base = load_quantized(paths.base_model, device, precision, p.attention)
+    else:
+        base = load_model(paths.base_model, attention=p.attention)
+    model = prepare(base, p)
     args = training_args(p, seed, device, precision, paths.checkpoints, bool(resume))
     with open_live(paths.train_log) if rank() == 0 else contextlib.nullcontext() as live:
         callbacks: list[Any] = [CompleteCheckpoints(p.keep_checkpoints)]
@@ -401,7 +468,8 @@ def train_model(seed: int, p: TrainParams, paths: Paths, resume: Path | None) ->
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         final_eval = trainer.evaluate()  # logged to DVCLive by LiveLosses, like the others
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    save_finetuned(trainer, tokenizer, p, paths.finetuned, read_json(paths.inference_file))
+    save_finetuned(trainer, tokenizer, p, paths.finetuned, read_json(paths.inference_file),
+                   paths.base_model, precision)
     if rank() == 0 and not p.keep_checkpoints:
         remove(paths.checkpoints)
     elif rank() == 0:  # kept for inspection or further training, never resumed by this stage
