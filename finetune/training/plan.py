@@ -37,10 +37,12 @@ class Plan:
     optimizer: float
     activations: float
     process: float
+    merge: float = 0.0  # qlora: the full-precision base the adapter is merged into, at the end
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.process
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.process
+                + self.merge)
 
     def lines(self, available: float | None = None) -> list[str]:
         """The plan as it is printed (sizes in GiB), with a verdict when `available` is known."""
@@ -50,7 +52,8 @@ class Plan:
                "step per process",
                f"plan: weights {gib(self.weights)} + gradients {gib(self.gradients)} + optimizer "
                f"{gib(self.optimizer)} + activations {gib(self.activations)} + process "
-               f"{gib(self.process)} = {gib(self.total)} per process"]
+               f"{gib(self.process)}" + (f" + the merge's full-precision base {gib(self.merge)}"
+                                         if self.merge else "") + f" = {gib(self.total)} per process"]
         if available is not None:
             verdict = "fits" if self.fits(available) else "does NOT fit"
             out.append(f"plan: {verdict} in the {gib(available)} {memory_name(self.device)} here")
@@ -135,7 +138,9 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
                 activations=activation_bytes(
                     config, tokens, trained_layers, width, train.gradient_checkpointing,
                     lora_bytes(model, train.lora.dropout, width) if "lora" in train.method else 0.0),
-                process=PROCESS_BYTES["cuda" if device == "cuda" else "cpu"])
+                process=PROCESS_BYTES["cuda" if device == "cuda" else "cpu"],
+                # merged on the CPU: RAM, so it counts where the training memory is RAM
+                merge=(parameters - trainable) * width if quantized and device != "cuda" else 0.0)
 
 
 def available_memory(device: str) -> float:
