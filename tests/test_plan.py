@@ -88,5 +88,5 @@ def test_qlora_keeps_the_linear_layers_in_about_four_bits() -> None:
     full = plan.plan(config, TrainParams(method="lora"), 2048, "cuda", "bf16")
     qlora = plan.plan(config, TrainParams(method="qlora"), 2048, "cuda", "bf16")
     assert qlora.trainable == full.trainable and qlora.parameters == full.parameters
-    # 6.98B linear weights at 4.13 bits, the two 0.53B embeddings at bf16: about 5.7 GB
-    assert 5.5e9 < qlora.weights < 6.0e9 and qlora.weights < full.weights / 5
+    # 6.98B linear weights at 4.13 bits, the two 0.53B embeddings in fp32: about 7.8 GB
+    assert 7.5e9 < qlora.weights < 8.1e9 and qlora.weights < full.weights / 4

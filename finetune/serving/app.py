@@ -215,6 +215,9 @@ def build_app(model: Path, device: str, asked: Inference | None = None, api_key:
                 kind, value = await events.get()
                 if kind == "token":
                     text.feed(value)
+                    if text.stopped:  # a stop string: the row leaves the batch now
+                        job.cancelled.set()
+                        reason = "stop"
                 elif kind == "end":
                     reason = value
                 elif kind == "gone":

@@ -93,6 +93,12 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self.wake:
+            if self.stopping:
+                raise Busy("the server is shutting down")
+            if len(self.waiting) >= self.max_queue:  # those whose clients left make room first
+                gone = [j for j in self.waiting if j.cancelled.is_set()]
+                self.waiting = collections.deque(j for j in self.waiting if not j.cancelled.is_set())
+                self.cancelled += len(gone)
             if len(self.waiting) >= self.max_queue:
                 raise Busy(f"{len(self.running)} requests running and {len(self.waiting)} waiting")
             self.waiting.append(job)
@@ -117,7 +123,9 @@ class Engine:
             with self.wake:
                 while not self.stopping and not self.waiting and not self.running:
                     self.wake.wait()
-                if self.stopping:
+                if self.stopping:  # nobody is left waiting for an answer that never comes
+                    for job in [*self.running, *self.waiting]:
+                        job.sink(("error", "the server is shutting down"))
                     return
                 joining = []
                 while self.waiting and len(self.running) + len(joining) < self.max_batch:
@@ -133,13 +141,13 @@ class Engine:
                     if self.running:
                         state = self._step(state)
             except Exception as e:  # a fault fails the requests in flight, not the server
-                for job in [*self.running, *joining]:
+                for job in {id(j): j for j in [*self.running, *joining]}.values():
                     job.sink(("error", f"{type(e).__name__}: {e}"))
                 self.running, state = [], {}
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)  # not a prefill's all
         return out.logits[:, -1, :].float(), out.past_key_values
 
     def _join(self, state: dict[str, Any], jobs: list[Job]) -> dict[str, Any]:
@@ -216,8 +224,8 @@ class Engine:
         return state
 
     def _hit_stop(self, job: Job) -> bool:
-        longest = max(map(len, job.stop))
-        tail = self.tokenizer.decode(job.generated[-(longest + 2):], skip_special_tokens=True)
+        longest = max(map(len, job.stop))  # a character can take up to 4 byte-level tokens
+        tail = self.tokenizer.decode(job.generated[-(4 * longest + 2):], skip_special_tokens=True)
         return any(s in tail for s in job.stop)
 
     def _choose(self, logits: Any, jobs: list[Job]) -> Any:

@@ -73,6 +73,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(None, f"the body is not valid JSON ({e.msg} at character {e.pos})") from None
     except RecursionError:
         raise BadRequest(None, "the body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise BadRequest(None, f"the body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise BadRequest(None, "the body must be a JSON object")
     return body
@@ -114,7 +116,10 @@ def number(body: dict[str, Any], key: str, low: float, high: float, open_low: bo
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(key, f"must be a number, not {kind(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise BadRequest(key, "must be a finite number") from None
     if not math.isfinite(value) or value < low or value > high or (open_low and value == low):
         side = "(" if open_low else "["
         raise BadRequest(key, f"must be a number in {side}{low:g}, {high:g}], not {value:g}")

@@ -113,10 +113,11 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
     quantized = 0  # qlora: the weights of the linear layers bitsandbytes stores in 4 bits
     if train.method == "qlora":
         import torch
+        from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers, quantized too
 
         head = model.get_output_embeddings()
         quantized = sum(m.weight.numel() for m in model.modules()
-                        if isinstance(m, torch.nn.Linear) and m is not head)
+                        if isinstance(m, torch.nn.Linear | Conv1D) and m is not head)
     model = prepare(model, train.model_copy(update={"method": "lora"}) if quantized else train)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -131,8 +132,9 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
     return Plan(method=train.method, device=device, precision=precision, parameters=parameters,
                 trainable=trainable, tokens_per_step=tokens,
                 # fp32 master weights (mixed precision autocasts); qlora: NF4 with double
-                # quantization (about 4.13 bits a weight), the rest in the training precision
-                weights=(quantized * 4.13 / 8 + (parameters - quantized) * width) if quantized
+                # quantization (about 4.13 bits a weight), the rest in fp32 (peft's
+                # prepare_model_for_kbit_training casts them, and keeps the adapters in fp32)
+                weights=(quantized * 4.13 / 8 + (parameters - quantized) * 4.0) if quantized
                 else 4.0 * parameters,
                 gradients=4.0 * trainable, optimizer=8.0 * trainable,  # AdamW: two fp32 moments
                 activations=activation_bytes(
@@ -140,7 +142,7 @@ def plan(config: Any, train: TrainParams, block_size: int, device: str, precisio
                     lora_bytes(model, train.lora.dropout, width) if "lora" in train.method else 0.0),
                 process=PROCESS_BYTES["cuda" if device == "cuda" else "cpu"],
                 # merged on the CPU: RAM, so it counts where the training memory is RAM
-                merge=(parameters - trainable) * width if quantized and device != "cuda" else 0.0)
+                merge=4.0 * (parameters - trainable) if quantized and device != "cuda" else 0.0)
 
 
 def available_memory(device: str) -> float:
