@@ -156,14 +156,11 @@ def concurrency(url: str, name: str, tokens: int, levels: tuple[int, ...]) -> di
 
 
 def stop_tokens(model: str) -> list[int]:
-    """The served folder's stop tokens (its inference.json, else its generation config)."""
-    folder = Path(model) if Path(model).is_absolute() else ROOT / model
-    for name, key in (("inference.json", "stop_token_ids"), ("generation_config.json", "eos_token_id")):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text()).get(key)
-            if value is not None:
-                return value if isinstance(value, list) else [value]
-    return []
+    """The stop tokens serve ends the folder's answers with (finetune.text.prompts.inference_for,
+    as serve reads them)."""
+    from finetune.text.prompts import inference_for
+
+    return inference_for(Path(model) if Path(model).is_absolute() else ROOT / model).stop_token_ids
 
 
 def measure(url: str, name: str, startup: float, tokens: int, runs: int) -> dict[str, Any]:

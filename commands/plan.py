@@ -62,11 +62,9 @@ def model_config(where: str | None, model: ModelParams) -> Any:
         if (PATHS.base_model / "config.json").is_file():
             return AutoConfig.from_pretrained(PATHS.base_model)
         if model.source == "scratch":  # the GPT-2 stages/base_model.py would build
-            from transformers import GPT2Config
+            from finetune.models.sources import scratch_config
 
-            p = model.scratch
-            return GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head,
-                              n_positions=p.n_positions, vocab_size=p.vocab_size)
+            return scratch_config(model.scratch, model.scratch.vocab_size)
         where = model.source
     path = Path(where)
     if path.is_file():

@@ -385,7 +385,10 @@ def health(url: str) -> dict[str, Any]:
 def never_stopping(model: str, max_tokens: int = 100) -> dict[str, Any]:
     """A greedy request with the model's stop tokens banned (logit_bias): only its budget, its
     time limit or its client ends it."""
-    stop = json.loads((Path(model) / "inference.json").read_text())["stop_token_ids"]
+    from finetune.text.prompts import inference_for
+
+    stop = inference_for(Path(model)).stop_token_ids
+    assert stop, "the tiny chat model's inference.json names its stop tokens"
     return chat_body(model, max_tokens=max_tokens, temperature=0, logit_bias={str(i): -100 for i in stop})
 
 

@@ -97,11 +97,22 @@ def train_texts(train: pd.DataFrame) -> list[str]:
     return texts
 
 
+def scratch_config(p: ScratchParams, vocab_size: int, eos_id: int | None = None) -> Any:
+    """The GPT-2 config of a `model.source: scratch` model (`uv run plan` reads it without a
+    tokenizer, with model.scratch.vocab_size)."""
+    from transformers import GPT2Config
+
+    special = {} if eos_id is None else {"bos_token_id": eos_id, "eos_token_id": eos_id,
+                                         "pad_token_id": eos_id}
+    return GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_positions,
+                      vocab_size=vocab_size, **special)
+
+
 def from_scratch(texts: list[str], p: ScratchParams, seed: int) -> tuple[Any, Any]:
     """A tiny GPT-2 and a byte-level BPE tokenizer trained on `texts`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -113,9 +124,7 @@ def from_scratch(texts: list[str], p: ScratchParams, seed: int) -> tuple[Any, An
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS,
                                         unk_token=EOS, pad_token=EOS, model_max_length=p.n_positions)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_positions,
-                        vocab_size=len(tokenizer), bos_token_id=eos_id, eos_token_id=eos_id,
-                        pad_token_id=eos_id)
+    config = scratch_config(p, len(tokenizer), eos_id)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config), tokenizer
 

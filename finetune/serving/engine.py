@@ -237,8 +237,8 @@ class Engine:
         chosen = []
         for i, job in enumerate(jobs):
             row = logits[i]
-            seen = torch.tensor([*job.prompt, *job.generated], device=row.device)
             if job.repetition_penalty != 1.0:
+                seen = torch.tensor([*job.prompt, *job.generated], device=row.device)
                 picked = row[seen]
                 row[seen] = torch.where(picked > 0, picked / job.repetition_penalty,
                                         picked * job.repetition_penalty)
