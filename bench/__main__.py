@@ -29,6 +29,7 @@ from bench.common import (
     ROOT,
     TINY_PROJECT,
     base_model_dir,
+    merge,
     run_stage,
     tiny_base,
     tokenized_tokens,
@@ -136,12 +137,6 @@ def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the keys of `override` in it, nested sections merged key by key."""
-    return {k: merge(base[k], v) if isinstance(v, dict) else v for k, v in override.items()} | {
-        k: v for k, v in base.items() if k not in override}
-
-
 def tiny_project(project: Path) -> Path:
     """A copy of this project as a fresh clone holds it (the files git tracks, staged ones
     included), with the TINY_PROJECT params, committed in its own git repository."""
@@ -158,8 +153,8 @@ def tiny_project(project: Path) -> Path:
 
 
 def cached_rerun(where: Path, repeats: int, target: str | None = None) -> dict[str, Any]:
-    """`dvc repro` with nothing to do but the inputs stage (which checks the data), in a copy of this project run once with a tiny model (up
-    to the `target` stage, else whole)."""
+    """`dvc repro` with nothing to do but the inputs stage (which checks the data), in a copy of
+    this project run once with a tiny model (up to the `target` stage, else whole)."""
     project = tiny_project(where / "cached")
     targets = [target] if target else []
     sh(project, "dvc", "repro", *targets)

@@ -35,6 +35,44 @@ def write_head(md: Path, head: str) -> None:
     md.write_text(head + ("\n" + text[first.start():] if first else ""), encoding="utf-8")
 
 
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the keys of `override` in it, nested sections merged key by key."""
+    return {k: merge(base[k], v) if isinstance(v, dict) else v for k, v in override.items()} | {
+        k: v for k, v in base.items() if k not in override}
+
+
+def call_stage(stage: Any, params: Any, paths: Any, **extra: Any) -> dict[str, Any]:
+    """A stage's run() on `paths`, in this process, given the params keys its signature names,
+    taken from the whole `params` (a finetune.config.schema.Params) as stage_main takes them from
+    params.yaml (finetune.stage.run_schema)."""
+    from finetune.config.loading import Key, section_name
+    from finetune.stage import run_schema
+
+    values = {name: getattr(getattr(params, section_name(kind.section)), kind.name)
+              if isinstance(kind, Key) else getattr(params, name)
+              for name, kind in run_schema(stage.run).items()}
+    return stage.run(**values, paths=paths, **extra)
+
+
+def data_project(where: Path, base: Path, overrides: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """The data stages of this pipeline in `where` (this project's params.yaml with `overrides`,
+    `base` as models/base), run in this process: the params, the paths and tokenize's summary."""
+    import yaml
+
+    from finetune.config.schema import Params
+    from finetune.paths import PATHS
+    from stages import clean, ingest, split, tokenize
+
+    params = Params.model_validate(merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                                         {"num_proc": 1, **overrides}))
+    paths = PATHS.under(where)
+    paths.base_model.parent.mkdir(parents=True, exist_ok=True)
+    paths.base_model.symlink_to(base.resolve())
+    for stage in (ingest, clean, split):
+        call_stage(stage, params, paths)
+    return params, paths, call_stage(tokenize, params, paths)
+
+
 def run_stage(project: Path, stage: str) -> tuple[float, int]:
     """Run `python -m stages.<stage>` in `project` as the pipeline does; (seconds, peak RSS in
     bytes)."""

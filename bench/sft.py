@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, base_model_dir, load_from, write_section
+from bench.common import ROOT, base_model_dir, data_project, load_from, write_section
 
 BATCH, LR = 4, 1.0e-4
 DATA = {"pairs": "data/examples/pairs", "chat": "data/examples/chat"}
@@ -41,23 +41,10 @@ CONTENDERS = ("packed", "padded", "padded_same_examples", "trl_bfd", "trl_wrappe
 def prepare(mode: str, packing: bool, base: Path, where: Path) -> tuple[Any, Any, dict[str, Any]]:
     """The data stages of this pipeline on the example (default params but the mode, the data,
     packing and, for chat, train_on: last): the params, the paths and tokenize's summary."""
-    from finetune.config.schema import Params
-    from finetune.paths import PATHS
-    from stages import clean, ingest, split, tokenize
-
-    params = Params.model_validate({
+    return data_project(where, base, {
         "mode": mode, "ingest": {"paths": [str(ROOT / DATA[mode])]},
         "tokenize": {"block_size": BLOCK[mode], "packing": packing,
                      **({"train_on": "last"} if mode == "chat" else {})}})
-    paths = PATHS.under(where)
-    paths.base_model.parent.mkdir(parents=True, exist_ok=True)
-    paths.base_model.symlink_to(base)
-    ingest.run(params.mode, params.ingest, num_proc=1, paths=paths)
-    clean.run(params.mode, params.clean, num_proc=1, paths=paths)
-    split.run(params.seed, params.mode, params.split, paths=paths)
-    summary = tokenize.run(params.mode, params.tokenize, params.ingest.on_error, num_proc=1,
-                           paths=paths)
-    return params, paths, summary
 
 
 def arguments(out: str, steps: int, **extra: Any) -> dict[str, Any]:

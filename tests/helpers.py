@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bench.common import TINY_PROJECT
+from bench.common import TINY_PROJECT, call_stage, merge
 from finetune.config.schema import Params
 from finetune.paths import Paths
 
@@ -122,11 +122,6 @@ def project_files() -> list[str]:
     return [f for f in listed if f and (ROOT / f).is_file()]
 
 
-def merge(base: dict, override: dict) -> dict:
-    return {k: merge(base[k], v) if isinstance(v, dict) else v for k, v in override.items()} | {
-        k: v for k, v in base.items() if k not in override}
-
-
 def set_learning_rate(repo: Path, value: float) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["learning_rate"] = value
@@ -159,15 +154,8 @@ def frame(texts: list[str], doc: str = "d") -> pd.DataFrame:
 
 
 def run_stage(stage: ModuleType, params: Params, paths: Paths, **extra: Any) -> dict[str, Any]:
-    """A stage's run() on `paths`, given the params keys its signature names, taken from the
-    whole `params` as stage_main takes them from params.yaml (finetune.stage.run_schema)."""
-    from finetune.config.loading import Key, section_name
-    from finetune.stage import run_schema
-
-    values = {name: getattr(getattr(params, section_name(kind.section)), kind.name)
-              if isinstance(kind, Key) else getattr(params, name)
-              for name, kind in run_schema(stage.run).items()}
-    return stage.run(**values, paths=paths, **extra)
+    """A stage's run() on `paths` with the params keys its signature names (bench.common)."""
+    return call_stage(stage, params, paths, **extra)
 
 
 def evaluate_models(params: Params, paths: Paths) -> dict[str, Any]:
