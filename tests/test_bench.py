@@ -1,12 +1,15 @@
 """Every benchmark entry point (bench/) run through its real code path on a tiny model, so none
-can rot: `python -m bench --smoke`, and bench.sft, bench.gguf, bench.serve and bench.large_corpus
-in their smallest runs, each writing into tmp_path (never the committed bench/ results). The
-figures mean nothing at this size: only their presence and sign are checked, never a timing."""
+can rot: `python -m bench --smoke`, and bench.sft, bench.gguf, bench.serve, bench.large_corpus
+and the GPU check's dry run (bench.gpu) in their smallest runs, each writing into tmp_path
+(never the committed bench/ results). The figures mean nothing at this size: only their presence
+and sign are checked, never a timing."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import psutil
 import pytest
 
 from bench import __main__ as bench_main
-from bench import common, gguf, large_corpus, model_bench, serve, sft
+from bench import common, gguf, gpu, large_corpus, model_bench, serve, sft
 
 SECTION = "<!-- other:start -->\nkept\n<!-- other:end -->\n"  # another benchmark's part
 
@@ -199,3 +202,39 @@ def test_large_corpus(tmp_path: Path) -> None:
         positive(stage, "seconds", "peak_resident_gb")
     positive(saved, "files", "passages", "tokens", "data_stage_seconds")
     assert "| tokenize |" in out.with_suffix(".md").read_text()
+
+
+def test_gpu_check_dry_run(tmp_path: Path) -> None:
+    """`python -m bench.gpu --dry-run` runs every step of the GPU check on the CPU, seeing only
+    the packages the device image has plus the wheels gpu_carry.sh carries."""
+    out = tmp_path / "gpu.json"
+    run = subprocess.run([sys.executable, "-m", "bench.gpu", "--dry-run", "--image", "--out", str(out)],
+                         cwd=common.ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    steps = result["steps"]
+    assert list(steps) == list(gpu.STEPS) and all(step["ok"] for step in steps.values()), steps
+    assert steps["default"]["picks"] == {"precision": "fp32", "attention": "sdpa",
+                                         "optimizer": "adamw_torch_fused", "tf32": None}
+    assert set(steps["default"]["evaluate_seconds"]) == {"evaluate_base", "evaluate"}
+    assert steps["default"]["perplexity"]["relative"] < 1e-6  # the same model, on the CPU twice
+    assert steps["resume"]["resumed_from_step"] == 2 and steps["resume"]["steps_compared"] == 6
+    for mode in ("pairs", "chat"):
+        assert steps["packing"]["max_relative_difference"][mode]["cpu fp32"] < 1e-4
+    settings = [(r["step"], r["setting"]) for r in result["runs"]]
+    assert {("options", s) for s in ("compile", "eager", "batch 16", "batch 32")} <= set(settings)
+    assert all(r["tokens_per_second"] > 0 and r["planned_gib"] > 0 for r in result["runs"])
+    assert "ok" in steps["qlora"]  # trained, or one line when bitsandbytes is not installed
+    assert "| default | auto | full |" in run.stdout and "6 of 6 steps ok" in run.stdout
+
+
+def test_gpu_carry_takes_what_the_image_lacks() -> None:
+    carried = {gpu.norm(r.split("==")[0]) for r in gpu.carry_requirements()}
+    assert {"datasets", "pydantic", "dvclive", "dvc", "bitsandbytes", "transformers"} <= carried
+    assert not carried & (gpu.image_packages() - gpu.NEWER)  # nothing the image has, but newer
+    assert not carried & gpu.SKIP and "torch" not in carried
+    from importlib.machinery import PathFinder
+
+    finder = gpu.ImageOnly({"numpy"}, PathFinder)
+    assert finder.find_spec("yaml") is None and finder.refused == {"PyYAML"}  # not in the image
+    assert finder.find_spec("numpy") is not None and finder.find_spec("json") is not None
