@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import importlib.abc
 import importlib.metadata
 import json
@@ -222,10 +223,12 @@ class Check:
         block = len(datasets.load_from_disk(str(paths.tokenized / "train"))[0]["input_ids"])
         config = AutoConfig.from_pretrained(paths.base_model)
         if self.cuda:
+            gc.collect()  # the last run's model and optimizer, before its memory is counted
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         summary = train_stage.run(params.seed, p, paths)
+        full_fp32()
         seconds = time.perf_counter() - started
         precision = summary["env"]["precision"]
         planned = plan(config, p, block, self.device, precision).total
@@ -444,6 +447,16 @@ class Check:
         return {"peak_gib": found}
 
 
+def full_fp32() -> None:
+    """fp32 matmuls in full fp32 again, as in a fresh process: the Trainer turns TF32 on for the
+    whole process (train.tf32), and evaluate, a process of its own in the pipeline, runs without."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's default for convolutions
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("step", "setting", "method", "batch", "block", "tokens/s", "MFU", "peak GiB", "plan GiB",
             "s", "val loss")
@@ -488,8 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.errors import UserError
 
     started = time.perf_counter()
+    home = Path.cwd()
+    base = args.base.resolve() if args.base else None
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as where:
-        check = Check(Path(where), args.dry_run, args.base)
+        os.chdir(where)  # outside any git repository, as DVCLive and the stages see it
+        check = Check(Path(where), args.dry_run, base)
         print(f"bench.gpu: {check.machine['device']}, {check.precision}", flush=True)
         runs: dict[str, Callable[[], dict[str, Any]]] = {
             "default": check.default, "options": check.options, "packing": check.packing,
@@ -505,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
             check.steps[step]["seconds"] = round(time.perf_counter() - begun, 1)
             print(f"bench.gpu: {step}: {json.dumps(check.steps[step])}", flush=True)
+        os.chdir(home)
     result = {"machine": check.machine, "dry_run": args.dry_run, "steps": check.steps,
               "runs": check.rows, "seconds": round(time.perf_counter() - started, 1)}
     print(table(check.rows))
