@@ -104,7 +104,7 @@ class ImageOnly(importlib.abc.MetaPathFinder):
         self.allowed, self.inner = allowed, inner
         self.owners = importlib.metadata.packages_distributions()
         self.refused: set[str] = set()
-        self.owned = {o for owners in self.owners.values() for o in owners}
+        self.hidden = {norm(o) for owners in self.owners.values() for o in owners} - allowed
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
         owners = self.owners.get(name.partition(".")[0])
@@ -114,9 +114,10 @@ class ImageOnly(importlib.abc.MetaPathFinder):
         return self.inner.find_spec(name, path, target)
 
     def find_distributions(self, *args: Any, **kwargs: Any) -> Any:  # importlib.metadata's view
+        # by the folder's name (name-version.dist-info): reading every METADATA file on each
+        # entry_points() call would cost seconds
         return (d for d in self.inner.find_distributions(*args, **kwargs)
-                if norm(d.metadata["Name"] or "") in self.allowed or not d.files
-                or not any(norm(d.metadata["Name"]) == norm(o) for o in self.owned))
+                if norm(getattr(d, "_path", Path("?")).name.split("-")[0]) not in self.hidden)
 
     def invalidate_caches(self) -> None:
         self.inner.invalidate_caches()
@@ -488,6 +489,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from finetune.bytecode import keep_bytecode
+
+    keep_bytecode(children=True)  # as the stages do: torch and transformers from cached bytecode
     args = parse_args(argv)
     if args.prepare:
         prepare(args.prepare)
