@@ -214,7 +214,7 @@ class Check:
         from transformers import AutoConfig
 
         from finetune.config.train import TrainParams
-        from finetune.training.plan import meta_model, plan
+        from finetune.training.plan import plan
         from stages import train as train_stage
 
         p = TrainParams.model_validate(merge(params.train.model_dump(), {
@@ -232,14 +232,14 @@ class Check:
         full_fp32()
         seconds = time.perf_counter() - started
         precision = summary["env"]["precision"]
-        planned = plan(config, p, block, self.device, precision).total
-        parameters = sum(x.numel() for x in meta_model(config).parameters())
+        planned = plan(config, p, block, self.device, precision)
+        parameters = planned.parameters  # the plan's meta-device model counted them already
         tps = summary["tokens_per_second"]
         row = {"step": step, "setting": setting, "method": p.method, "batch": p.batch_size,
                "block": block, "tokens_per_second": tps,
                "mfu": round(6 * parameters * tps / self.peak, 4) if self.peak and tps else None,
                "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if self.cuda else None,
-               "planned_gib": round(planned / GIB, 2), "seconds": round(seconds, 1),
+               "planned_gib": round(planned.total / GIB, 2), "seconds": round(seconds, 1),
                "train_loss": summary["train_loss"], "val_loss": summary["val_loss"],
                "parameters": parameters, "precision": precision,
                "resumed_from_step": summary["resumed_from_step"]}
