@@ -127,12 +127,12 @@ def test_evaluate_and_report_run(trained: tuple[Params, Paths]) -> None:
     ingested = paths.metrics / "ingest.json"
     kept = ingested.read_text() if ingested.is_file() else None
     write_metrics("ingest", {"files": 2, "ignored_files": 1,  # as ingest names what it left out
-                             "ignored": [{"file": "data/mine/memo.docx", "reason": "unsupported .docx"}],
+                             "ignored": [{"file": "data/mine/memo.pages", "reason": "unsupported .pages"}],
                              "skipped_files": [{"file": "data/gone", "reason": "no such file or directory"}]},
                   paths)
     run_stage(report, off, paths)
     md = (paths.reports / "report.md").read_text()
-    assert "### Files not read" in md and "| data/mine/memo.docx | unsupported .docx |" in md
+    assert "### Files not read" in md and "| data/mine/memo.pages | unsupported .pages |" in md
     assert "| data/gone | no such file or directory |" in md and "| ignored |" not in md
     if kept is None:
         ingested.unlink()

@@ -256,21 +256,21 @@ def test_run_names_the_files_it_leaves_out_and_fails_when_nothing_is_usable(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "raw" / "book.txt", "A book of some length.")
     write(tmp_path / "raw" / "cover.jpg", b"\xff\xd8")
-    write(tmp_path / "raw" / "memo.docx", b"PK\x03\x04")
+    write(tmp_path / "raw" / "memo.pages", b"PK\x03\x04")
     paths = PATHS.under(tmp_path)
     raw, gone = (tmp_path / "raw").as_posix(), (tmp_path / "gone").as_posix()
     summary = run_stage(ingest, tiny_params(ingest={"paths": [raw, gone], "on_error": "skip"}), paths)
     assert summary["records"] == 1 and summary["ignored_files"] == 2
     assert summary["ignored"] == [{"file": f"{raw}/cover.jpg", "reason": "unsupported .jpg"},
-                                  {"file": f"{raw}/memo.docx", "reason": "unsupported .docx"}]
+                                  {"file": f"{raw}/memo.pages", "reason": "unsupported .pages"}]
     assert summary["skipped_files"] == [{"file": gone, "reason": "no such file or directory"}]
     assert summary["not_read"] == (f"{gone} (no such file or directory); {raw}/cover.jpg "
-                                   f"(unsupported .jpg); {raw}/memo.docx (unsupported .docx)")
+                                   f"(unsupported .jpg); {raw}/memo.pages (unsupported .pages)")
     monkeypatch.chdir(tmp_path)  # the stage's CLI, as dvc runs it, writes below the project
     Path("params.yaml").write_text(yaml.safe_dump({"ingest": {"paths": ["raw"]}}))
     ingest.main([])
     line = capsys.readouterr().out
-    assert "not_read=raw/cover.jpg (unsupported .jpg); raw/memo.docx (unsupported .docx)" in line
+    assert "not_read=raw/cover.jpg (unsupported .jpg); raw/memo.pages (unsupported .pages)" in line
     write(tmp_path / "bad" / "broken.jsonl", "{not json\n")
     with pytest.raises(UserError, match=r"no usable records in 1 file\(s\) \(skipped: "
                                         r"\{'invalid_json': 1\}\)"):
@@ -296,7 +296,7 @@ def test_run_writes_parquet_and_summary(tmp_path: Path, books: Path) -> None:
     paths = PATHS.under(tmp_path)
     summary = run_stage(ingest, tiny_params(ingest={"paths": [str(books)]}), paths)
     df = pd.read_parquet(paths.ingested)
-    assert list(df.columns) == ["doc_id", "source", "group", "title", "text"]
+    assert list(df.columns) == ["doc_id", "source", "group", "title", "chapter", "text"]
     assert df["title"].tolist() == ["harbour", "The Mill"]
     assert summary["records"] == 2 and summary["bytes"] > 0
 

@@ -99,7 +99,7 @@ def passages(text: str, max_chars: int) -> list[str]:
     return out
 
 
-COLUMNS = {"text": ("doc_id", "passage_id", "source", "group", "title", "text"),
+COLUMNS = {"text": ("doc_id", "passage_id", "source", "group", "title", "chapter", "text"),
            "pairs": ("doc_id", "passage_id", "source", "group", "prompt", "response"),
            "chat": ("doc_id", "passage_id", "source", "group", "position", "conversation")}
 
@@ -130,14 +130,14 @@ def text_passages(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]
         if not text:
             dropped["empty"] += 1
             continue
-        title = normalize(record.title)
+        title, chapter = normalize(record.title), normalize(getattr(record, "chapter", ""))
         for i, passage in enumerate(passages(text, p.max_chars)):
             if len(passage) < p.min_chars:
                 dropped["too_short"] += 1
             else:
                 rows.append({"doc_id": record.doc_id, "passage_id": f"{record.doc_id}-{i:05d}",
                              "source": record.source, "group": record.group,
-                             "title": title, "text": passage})
+                             "title": title, "chapter": chapter, "text": passage})
     return rows, dropped
 
 

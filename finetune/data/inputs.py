@@ -20,7 +20,17 @@ TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl", ".csv", ".parquet"}
 
 
-SUPPORTED = TEXT_SUFFIXES | RECORD_SUFFIXES
+# books: read by finetune.data.books (a Scrivener project is a folder read as one book; .doc is
+# recognised to say how to convert it)
+BOOK_SUFFIXES = {".epub", ".docx", ".odt", ".rtf", ".pdf", ".doc", ".scriv"}
+
+
+SUPPORTED = TEXT_SUFFIXES | RECORD_SUFFIXES | BOOK_SUFFIXES
+
+
+def is_bundle(path: Path) -> bool:
+    """A folder that is one document (a Scrivener project): listed, not walked into."""
+    return path.suffix.lower() == ".scriv" and path.is_dir()
 
 
 class BadInput(Exception):
@@ -84,6 +94,9 @@ def _walk(directory: Path, follow_symlinks: bool) -> list[Path | BadInput]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        bundles = [d for d in dirnames if is_bundle(Path(dirpath) / d)]
+        found += [Path(dirpath) / d for d in bundles]
+        dirnames[:] = [d for d in dirnames if d not in bundles]
         if not follow_symlinks:
             found += [Path(dirpath) / d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
         found += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
@@ -114,7 +127,10 @@ def _entry_candidates(entry: str, follow_symlinks: bool) -> list[Path | BadInput
         matched = [Path(m) for m in sorted(glob.glob(entry, recursive=True))]
         if not matched:
             raise BadInput("missing_path", "the pattern matches nothing")
-        return [f for m in matched for f in (_walk(m, follow_symlinks) if m.is_dir() else [m])]
+        return [f for m in matched
+                for f in (_walk(m, follow_symlinks) if m.is_dir() and not is_bundle(m) else [m])]
+    if is_bundle(path):
+        return [path]
     if path.is_dir():
         return _walk(path, follow_symlinks)
     if path.is_file():
@@ -149,7 +165,7 @@ def discover(entries: list[str], p: IngestParams, problems: Problems
             problem = _link_problem(path, None if path == Path(entry) else roots, p.follow_symlinks)
             if problem:
                 problems(path.as_posix(), problem)
-            elif path.is_dir():
+            elif path.is_dir() and not is_bundle(path):
                 continue  # a symlink to a directory inside ingest.paths: read where it points
             elif path.suffix.lower() not in SUPPORTED:
                 left = {"file": path.as_posix(),
@@ -179,6 +195,11 @@ def inside(entries: list[str], key: str, root: Path) -> None:
 
 
 def md5(path: Path) -> str:
+    """A file's MD5; a folder read as one document: the MD5 of its files' names and MD5s."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        listing = "".join(f"{f.relative_to(path).as_posix()}\0{md5(f)}\n" for f in files)
+        return hashlib.md5(listing.encode()).hexdigest()
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "md5").hexdigest()
 

@@ -1,5 +1,6 @@
-"""Reading each file format (txt, md, html, json, jsonl, csv, parquet) into rows: one per document
-(text mode), per prompt/response pair (pairs) or per conversation (chat: OpenAI messages,
+"""Reading each file format (txt, md, html, json, jsonl, csv, parquet; books: epub, docx, odt, rtf,
+pdf, Scrivener) into rows: one per document or book chapter (text mode), per prompt/response
+pair (pairs) or per conversation (chat: OpenAI messages,
 ShareGPT, long-form tables of turns, pairs as one-turn conversations), with a stable doc_id and
 the record's group (`ingest.group_field`)."""
 
@@ -22,8 +23,9 @@ from tqdm.auto import tqdm
 
 from finetune.config.ingest import IngestParams
 from finetune.data import conversations
+from finetune.data.books import read_book
 from finetune.data.conversations import ConversationError
-from finetune.data.inputs import TEXT_SUFFIXES, BadInput, Problems
+from finetune.data.inputs import BOOK_SUFFIXES, TEXT_SUFFIXES, BadInput, Problems
 from finetune.parallel import ordered_map
 
 PAIR_FIELDS = (("instruction", "output"), ("input", "output"), ("prompt", "response"),
@@ -118,7 +120,7 @@ def text_document(path: Path, content: str) -> dict[str, str]:
     else:
         heading = HEADING.search(content)
         title = heading.group(1) if heading else ""
-    return {"title": title or path.stem, "text": content}
+    return {"title": title or path.stem, "chapter": "", "text": content}
 
 
 def json_records(content: str) -> Iterator[tuple[str, Any]]:
@@ -286,7 +288,7 @@ def text_row(record: Any, p: IngestParams, default_title: str) -> dict[str, str]
     text = _field(record, p.text_field)
     if not text.strip():
         raise BadInput("empty_text", f"'{p.text_field}' is empty")
-    return {"title": _field(record, p.title_field) or default_title, "text": text}
+    return {"title": _field(record, p.title_field) or default_title, "chapter": "", "text": text}
 
 
 def pair_fields(record: dict[str, Any], p: IngestParams) -> tuple[str, str]:
@@ -383,6 +385,26 @@ def read_bytes(path: Path) -> bytes:
         raise BadInput("unreadable", f"cannot be read: {e.strerror}") from None
 
 
+def book_rows(path: Path, mode: str, problems: Problems
+              ) -> tuple[list[dict[str, str]], int, Counter[str]]:
+    """A book's chapters as text-mode rows, its size, and the parts that were not prose."""
+    source = path.as_posix()
+    try:
+        if mode != "text":
+            raise BadInput("wrong_format", f"{mode} mode needs json, jsonl, csv or parquet "
+                           f"records; a book ({path.suffix.lower()}) is read in text mode")
+        data = None if path.is_dir() else read_bytes(path)
+        if data is not None and not data.strip():
+            raise BadInput("empty_file", "the file is empty")
+        book = read_book(path, data)
+    except BadInput as err:
+        problems(source, err)
+        return [], 0, Counter()
+    rows = [{"doc_id": doc_id(source, f"chapter {i}"), "source": source, "group": "", **row}
+            for i, row in enumerate(book.rows(), 1)]
+    return rows, len(data) if data is not None else 0, book.dropped
+
+
 def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
               ) -> tuple[list[dict[str, str]], int]:
     """The rows of one file and its size; bad records go to `problems`."""
@@ -416,34 +438,49 @@ def file_rows(path: Path, mode: str, p: IngestParams, problems: Problems
     return rows, len(data)
 
 
-COLUMNS = {"text": ("doc_id", "source", "group", "title", "text"),
+COLUMNS = {"text": ("doc_id", "source", "group", "title", "chapter", "text"),
            "pairs": ("doc_id", "source", "group", "prompt", "response"),
            "chat": ("doc_id", "source", "group", "position", "conversation")}
 
 
-def _read_file(task: tuple[Path, str, IngestParams]) -> tuple[list[dict[str, str]], int, Counter[str]]:
-    """One file in a worker: its rows, its size, and what was skipped (fail mode raises)."""
+def _read_file(task: tuple[Path, str, IngestParams]
+               ) -> tuple[list[dict[str, str]], int, Counter[str], list[dict[str, str]], Counter[str]]:
+    """One file in a worker: its rows, its size, what was skipped (fail mode raises) and the
+    files skipped whole, and the parts of a book that were not prose."""
     path, mode, p = task
     problems = Problems(p.on_error)
-    rows, size = file_rows(path, mode, p, problems)
-    return rows, size, problems.skipped
+    if path.suffix.lower() in BOOK_SUFFIXES:
+        rows, size, not_prose = book_rows(path, mode, problems)
+    else:
+        (rows, size), not_prose = file_rows(path, mode, p, problems), Counter()
+    return rows, size, problems.skipped, problems.files, not_prose
 
 
 def read_files(files: list[Path], mode: str, p: IngestParams, problems: Problems,
-               num_proc: int = 1) -> Iterator[tuple[list[dict[str, str]], int]]:
+               num_proc: int = 1, not_prose: Counter[str] | None = None
+               ) -> Iterator[tuple[list[dict[str, str]], int]]:
     """The rows and size of each file, in order, parsed by `num_proc` processes. Only the files
-    in flight are in memory; the first bad input (in file order) ends it in fail mode."""
+    in flight are in memory; the first bad input (in file order) ends it in fail mode. What the
+    books held that is not prose is added to `not_prose`."""
     tasks = [(path, mode, p) for path in files]
     results = ordered_map(_read_file, tasks, num_proc)
-    for rows, size, skipped in tqdm(results, desc="ingest", unit="file", total=len(files),
-                                    disable=len(files) < 50):
+    for rows, size, skipped, skipped_files, dropped in tqdm(
+            results, desc="ingest", unit="file", total=len(files), disable=len(files) < 50):
         problems.skipped.update(skipped)
+        problems.files += skipped_files
+        if not_prose is not None:
+            not_prose.update(dropped)
         yield rows, size
 
 
-def ingest_summary(files: list[Path], records: int, n_bytes: int, problems: Problems) -> dict[str, Any]:
-    return {"files": len(files), "records": records, "bytes": n_bytes,
-            "skipped": problems.total(), "skipped_by_reason": dict(sorted(problems.skipped.items()))}
+def ingest_summary(files: list[Path], records: int, n_bytes: int, problems: Problems,
+                   not_prose: Counter[str] | None = None) -> dict[str, Any]:
+    summary = {"files": len(files), "records": records, "bytes": n_bytes,
+               "skipped": problems.total(),
+               "skipped_by_reason": dict(sorted(problems.skipped.items()))}
+    if not_prose:  # what books held that is not their prose, dropped
+        summary["not_prose"] = dict(sorted(not_prose.items()))
+    return summary
 
 
 def ingest(files: list[Path], mode: str, p: IngestParams, problems: Problems | None = None
@@ -452,8 +489,9 @@ def ingest(files: list[Path], mode: str, p: IngestParams, problems: Problems | N
     problems = problems or Problems(p.on_error)
     rows: list[dict[str, str]] = []
     n_bytes = 0
-    for found, size in read_files(files, mode, p, problems):
+    not_prose: Counter[str] = Counter()
+    for found, size in read_files(files, mode, p, problems, not_prose=not_prose):
         rows += found
         n_bytes += size
     frame = pd.DataFrame(rows, columns=list(COLUMNS[mode]))
-    return frame, ingest_summary(files, len(rows), n_bytes, problems)
+    return frame, ingest_summary(files, len(rows), n_bytes, problems, not_prose)

@@ -1,5 +1,6 @@
 """Deciding each row's split: deterministic for the seed, stratified, with no text in two splits
-(by document in text mode, by group or else by source file in pairs and chat mode)."""
+(by document in text mode, a book's chapters each whole in one split; by group or else by source
+file in pairs and chat mode)."""
 
 from __future__ import annotations
 
@@ -84,14 +85,35 @@ def labels_of(clean: Path, mode: str, p: SplitParams, seed: int) -> tuple[np.nda
     record_groups: list[str] = []
     keys: list[bytes] = []
     doc_ids: list[str] = []
+    chapters = mode == "text" and "chapter" in pq.read_schema(clean).names
+    columns = [unit_column, "doc_id", "group", *KEY[mode], *(["source", "chapter"] if chapters else [])]
+    items: list[bytes | int] = []  # what goes whole to one split: a row, or a book's chapter
     for i in range(row_groups(clean)):
-        table = read_row_group(clean, i, list(dict.fromkeys([unit_column, "doc_id", "group", *KEY[mode]])))
-        units += table.column(unit_column).to_pylist()
+        table = read_row_group(clean, i, list(dict.fromkeys(columns)))
+        ids = table.column("doc_id").to_pylist()
+        row_units, row_keys_ = table.column(unit_column).to_pylist(), row_keys(table, mode)
+        row_items: list[bytes | int] = list(range(len(doc_ids), len(doc_ids) + len(ids)))
+        if chapters:  # a book's chapters are its units, stratified by book
+            for j, (source, chapter) in enumerate(zip(table.column("source").to_pylist(),
+                                                      table.column("chapter").to_pylist(),
+                                                      strict=True)):
+                if chapter:
+                    row_units[j] = source
+                    row_items[j] = row_keys_[j] = digest("chapter", ids[j])
+        units += row_units
         record_groups += table.column("group").to_pylist()
-        doc_ids += table.column("doc_id").to_pylist()
-        keys += row_keys(table, mode)
-    strata, pools = strata_of(mode, units, record_groups)
-    labels = assign(strata, pd.Series(keys), p, seed, pools).to_numpy()
+        doc_ids += ids
+        keys += row_keys_
+        items += row_items
+    if len(set(items)) == len(items):  # no chapters: each row is its own item
+        strata, pools = strata_of(mode, units, record_groups)
+        labels = assign(strata, pd.Series(keys), p, seed, pools).to_numpy()
+    else:  # each item's first row stands for it
+        first = pd.Series(items).drop_duplicates()
+        strata, pools = strata_of(mode, [units[i] for i in first.index],
+                                  [record_groups[i] for i in first.index])
+        chosen = assign(strata, pd.Series([keys[i] for i in first.index]), p, seed, pools)
+        labels = pd.Series(items).map(dict(zip(first, chosen, strict=True))).to_numpy()
     counts = Counter(labels.tolist())
     if any(counts[name] == 0 for name in SPLITS):
         raise UserError(too_few(mode, counts, grouped=pools is not None))

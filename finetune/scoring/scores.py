@@ -90,6 +90,7 @@ def examples(test: pd.DataFrame, mode: str, base: RowLosses, tuned: RowLosses) -
     """Each scored test row with its source, group, text and both models' summed losses."""
     frame = pd.DataFrame({
         "title": test["title"] if mode == "text" else "",
+        "chapter": test["chapter"] if mode == "text" and "chapter" in test else "",
         "group": test["group"].where(test["group"].astype(bool), NO_GROUP),
         "source": [PurePosixPath(s).name for s in test["source"]],
         "tokens": tuned.tokens, "base_loss": base.loss, "finetuned_loss": tuned.loss})
@@ -132,7 +133,8 @@ def extremes(frame: pd.DataFrame, key: str, grouped: bool, top: int = TOP
     losses = min(top, len(order) - gains)
 
     def rows(index: Any) -> list[dict[str, Any]]:
-        return [{"source": str(ranked.at[i, key]),
+        return [{"source": " — ".join(filter(None, (str(ranked.at[i, key]),
+                                                    str(ranked.at[i, "chapter"])))),
                  "group": str(ranked.at[i, "group"]) if grouped else "",
                  "text": ranked.at[i, "text"],
                  **_figures(ranked.at[i, "base_loss"], ranked.at[i, "finetuned_loss"],
