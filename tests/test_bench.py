@@ -1,6 +1,6 @@
 """Every benchmark entry point (bench/) run through its real code path on a tiny model, so none
-can rot: `python -m bench --smoke`, and bench.sft, bench.gguf, bench.serve, bench.large_corpus
-and the GPU check's dry run (bench.gpu) in their smallest runs, each writing into tmp_path
+can rot: `python -m bench --smoke`, and bench.sft, bench.gguf, bench.serve, bench.large_corpus,
+bench.redaction and the GPU check's dry run (bench.gpu) in their smallest runs, each writing into tmp_path
 (never the committed bench/ results). The figures mean nothing at this size: only their presence
 and sign are checked, never a timing."""
 
@@ -238,3 +238,25 @@ def test_gpu_carry_takes_what_the_image_lacks() -> None:
     finder = gpu.ImageOnly({"numpy"}, PathFinder)
     assert finder.find_spec("yaml") is None and finder.refused == {"PyYAML"}  # not in the image
     assert finder.find_spec("numpy") is not None and finder.find_spec("json") is not None
+
+
+def test_redaction(tmp_path: Path) -> None:
+    """bench.redaction: both labelled sets scored, span by span, and the speed figures on a few
+    kB (the committed bench/redaction.json is only read)."""
+    from bench import redaction
+    from finetune.data.redaction import KINDS
+
+    out = tmp_path / "redaction.json"
+    redaction.main(["--mb", "0.01", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["sets"]) == ["written_with_the_code", "held_out"]
+    for scored in saved["sets"].values():
+        assert scored["lines"] >= 70 and scored["negative_lines"] > 0
+        assert list(scored["kinds"]) == [*KINDS, "all"]
+        assert all(scored["kinds"][k]["labelled"] > 0 for k in KINDS)
+    for figures in saved["speed"].values():
+        positive(figures, "megabytes", "mb_s")
+    assert saved["speed"]["chat"]["replaced"] > 0 and saved["speed"]["prose"]["replaced"] == 0
+    assert "| all |" in out.with_suffix(".md").read_text()
+    committed = json.loads((common.ROOT / "bench" / "redaction.json").read_text())
+    assert committed["sets"] == saved["sets"]  # docs/data.md quotes these: they are this code's

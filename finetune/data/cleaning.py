@@ -1,6 +1,6 @@
 """Cleaning records: Gutenberg boilerplate, markup and control characters removed, whitespace
-normalised, documents cut into passages of at most `clean.max_chars`, short ones and duplicates
-dropped (counted by reason)."""
+normalised, personal data replaced by placeholders (`clean.redact`), documents cut into passages
+of at most `clean.max_chars`, short ones and duplicates dropped (counted by reason)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pandas as pd
 from finetune.config.clean import CleanParams
 from finetune.data import conversations
 from finetune.data.records import KEY, digest
+from finetune.data.redaction import Redactor
 from finetune.files import read_row_group
 
 TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
@@ -120,17 +121,19 @@ class Seen:
         return True
 
 
-def text_passages(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
-    """Each document normalised and cut into passages; empty and short ones dropped and counted."""
+def text_passages(df: pd.DataFrame, p: CleanParams, redact: Redactor
+                  ) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each document normalised, redacted (whole, so that no cut splits a phone number) and cut
+    into passages; empty and short ones dropped and counted."""
     rows: list[dict[str, str]] = []
     dropped: Counter[str] = Counter()
     for record in df.itertuples(index=False):
         text = strip_gutenberg(record.text) if p.strip_gutenberg else record.text
-        text = normalize(text)
+        text = redact(normalize(text))
         if not text:
             dropped["empty"] += 1
             continue
-        title, chapter = normalize(record.title), normalize(getattr(record, "chapter", ""))
+        title, chapter = (redact(normalize(t)) for t in (record.title, getattr(record, "chapter", "")))
         for i, passage in enumerate(passages(text, p.max_chars)):
             if len(passage) < p.min_chars:
                 dropped["too_short"] += 1
@@ -141,12 +144,13 @@ def text_passages(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]
     return rows, dropped
 
 
-def pair_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
-    """Each pair normalised; empty, short and over-long ones dropped and counted."""
+def pair_records(df: pd.DataFrame, p: CleanParams, redact: Redactor
+                 ) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each pair normalised and redacted; empty, short and over-long ones dropped and counted."""
     rows: list[dict[str, str]] = []
     dropped: Counter[str] = Counter()
     for record in df.itertuples(index=False):
-        prompt, response = normalize(record.prompt), normalize(record.response)
+        prompt, response = redact(normalize(record.prompt)), redact(normalize(record.response))
         size = len(prompt) + len(response)
         if not prompt or not response:
             dropped["empty"] += 1
@@ -161,15 +165,19 @@ def pair_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]]
     return rows, dropped
 
 
-def chat_records(df: pd.DataFrame, p: CleanParams) -> tuple[list[dict[str, str]], Counter[str]]:
-    """Each conversation with every message's text normalised (tool-call arguments untouched);
-    one with a message left empty, or shorter than `clean.min_chars` in all, is dropped."""
+def chat_records(df: pd.DataFrame, p: CleanParams, redact: Redactor
+                 ) -> tuple[list[dict[str, str]], Counter[str]]:
+    """Each conversation with every message's text normalised and redacted (tool-call arguments
+    redacted only); one with a message left empty, or shorter than `clean.min_chars` in all, is
+    dropped."""
     rows: list[dict[str, str]] = []
     dropped: Counter[str] = Counter()
     for record in df.itertuples(index=False):
         conv = conversations.loads(record.conversation)
         for m in conv["messages"]:
-            m["content"] = normalize(m["content"])
+            m["content"] = redact(normalize(m["content"]))
+            for call in m.get("tool_calls", ()):
+                call["function"]["arguments"] = redact.values(call["function"]["arguments"])
         if any(not m["content"] and not m.get("tool_calls") for m in conv["messages"]):
             dropped["empty"] += 1
         elif conversations.text_chars(conv) < p.min_chars:
@@ -191,15 +199,20 @@ def first_seen(rows: list[dict[str, str]], mode: str, seen: Seen, dropped: Count
 
 
 def candidates(df: pd.DataFrame, mode: str, p: CleanParams
-               ) -> tuple[list[dict[str, str]], Counter[str]]:
-    """The cleaned rows of a batch before duplicate removal, and what was dropped."""
-    return {"pairs": pair_records, "chat": chat_records}.get(mode, text_passages)(df, p)
+               ) -> tuple[list[dict[str, str]], Counter[str], Counter[str]]:
+    """The cleaned rows of a batch before duplicate removal, what was dropped, and the personal
+    data replaced (by kind). Redaction comes after normalize(), which would take `<EMAIL>` for a
+    tag, and which reveals what entities and markup hide (`jane&#64;example.com`); duplicates are
+    then those of the redacted text, what the model sees."""
+    redact = Redactor(p.redacted(mode), p.phone_regions)
+    rows, dropped = {"pairs": pair_records, "chat": chat_records}.get(mode, text_passages)(df, p, redact)
+    return rows, dropped, redact.found
 
 
 def clean_rows(df: pd.DataFrame, mode: str, p: CleanParams, seen: Seen | None = None
                ) -> tuple[list[dict[str, str]], Counter[str]]:
     """One batch of ingested rows cleaned; `seen` carries duplicate removal across batches."""
-    rows, dropped = candidates(df, mode, p)
+    rows, dropped, _ = candidates(df, mode, p)
     if p.dedupe:
         rows = first_seen(rows, mode, seen if seen is not None else Seen(), dropped)
     return rows, +dropped
@@ -216,9 +229,10 @@ def clean_pair_rows(df: pd.DataFrame, p: CleanParams) -> tuple[pd.DataFrame, Cou
 
 
 def clean_group(task: tuple[Path, int, str, CleanParams]
-                 ) -> tuple[list[dict[str, str]], Counter[str], int]:
+                 ) -> tuple[list[dict[str, str]], Counter[str], Counter[str], int]:
     """One row group of ingested.parquet in a worker: the cleaned rows before duplicate removal
-    (which needs the whole corpus, so the caller does it in order)."""
+    (which needs the whole corpus, so the caller does it in order), what was dropped, what was
+    redacted, and the number of rows read."""
     path, index, mode, p = task
     df = read_row_group(path, index).to_pandas()
     return *candidates(df, mode, p), len(df)
