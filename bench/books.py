@@ -43,9 +43,14 @@ PRINT_CSS = ("body { font-family: serif; font-size: 11pt; text-align: justify; h
 Chapters = list[tuple[str, list[str]]]
 
 
-def markdown(title: str, chapters: Chapters, notes: bool = True) -> str:
+def note(name: str) -> str:
+    return f"A note on {name}, which is not the book's prose."
+
+
+def markdown(title: str, chapters: Chapters, notes: bool = True, endnotes: bool = False) -> str:
     """The book as pandoc Markdown: a heading per chapter, some words in italics, and a footnote
-    in each chapter's first paragraph when `notes`."""
+    in each chapter's first paragraph when `notes` (as a printed book has them when `endnotes`:
+    a superscript number, and the notes in a Notes chapter at the end)."""
     parts = [f"---\ntitle: \"{title}\"\nlang: en\n---\n"]
     for i, (name, paragraphs) in enumerate(chapters, 1):
         parts.append(f"# {name}\n")
@@ -55,10 +60,12 @@ def markdown(title: str, chapters: Chapters, notes: bool = True) -> str:
                 words[3] = f"*{words[3]}*"
             text = " ".join(words)
             if notes and j == 0:
-                text += f"[^n{i}]"
+                text += f"^{i}^" if endnotes else f"[^n{i}]"
             parts.append(text + "\n")
-        if notes:
-            parts.append(f"[^n{i}]: A note on {name}, which is not the book's prose.\n")
+        if notes and not endnotes:
+            parts.append(f"[^n{i}]: {note(name)}\n")
+    if notes and endnotes:
+        parts += ["# Notes\n", *(f"{i}. {note(name)}\n" for i, (name, _) in enumerate(chapters, 1))]
     return "\n".join(parts)
 
 
@@ -111,7 +118,7 @@ def write_book(where: Path, title: str, chapters: Chapters, fmt: str, toc: bool 
     where.mkdir(parents=True, exist_ok=True)
     if fmt == "scriv":
         return scrivener_project(where, title, chapters)
-    source = markdown(title, chapters, notes)
+    source = markdown(title, chapters, notes, endnotes=fmt == "pdf")
     args = ["--toc", "-V", "toc-title=Contents", "--metadata", "toc-title=Contents"] if toc else []
     slug = re.sub(r"\W+", "-", title).strip("-").lower()
     out = where / f"{slug}.{fmt}"

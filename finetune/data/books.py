@@ -21,6 +21,7 @@ from typing import Any
 import pypandoc
 
 from finetune.data.inputs import BadInput
+from finetune.data.pdf import read_pdf
 
 PANDOC_FORMATS = {".epub": "epub", ".docx": "docx", ".odt": "odt", ".rtf": "rtf"}
 
@@ -434,8 +435,6 @@ def read_book(path: Path, data: bytes | None) -> Book:
                        "--convert-to docx FILE.doc), and ingest that")
     assert data is not None
     if suffix == ".pdf":
-        from finetune.data.pdf import read_pdf
-
         title, chapters, dropped = read_pdf(data)
         return finish(title, [Chapter(t, text.split("\n\n")) for t, text in chapters], dropped,
                       path.stem)
