@@ -260,3 +260,20 @@ def test_redaction(tmp_path: Path) -> None:
     assert "| all |" in out.with_suffix(".md").read_text()
     committed = json.loads((common.ROOT / "bench" / "redaction.json").read_text())
     assert committed["sets"] == saved["sets"]  # docs/data.md quotes these: they are this code's
+
+
+def test_books(tmp_path: Path) -> None:
+    """bench.books on a four-page book: each format written by its real writer, read back, the
+    words in order (PDF only where Chromium is installed)."""
+    from bench import books
+
+    out = tmp_path / "books.json"
+    books.main(["--pages", "4", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert list(saved["formats"]) == list(books.FORMATS)
+    for fmt, figures in saved["formats"].items():
+        if fmt == "pdf" and books.chromium() is None:
+            continue
+        positive(figures, "seconds", "bytes", "words")
+        assert figures["words_in_order"] >= 0.99 and figures["chapters"] == saved["chapters"]
+    assert "| scriv |" in out.with_suffix(".md").read_text()

@@ -382,7 +382,8 @@ def scrivener_book(path: Path) -> Book:
             dropped["not_in_compile"] += 1
             continue
         documents = [d for d in [item, *descendants(item)] if in_compile(d)]
-        dropped["not_in_compile"] += len(descendants(item)) + 1 - len(documents)
+        if len(documents) <= len(descendants(item)):
+            dropped["not_in_compile"] += len(descendants(item)) + 1 - len(documents)
         parts.append((item.findtext("Title", "").strip(), documents))
     files = {d: document_rtf(path, d) for _, docs in parts for d in docs}
     with ThreadPoolExecutor(4) as pool:
