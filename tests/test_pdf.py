@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import subprocess
+import textwrap
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import pypandoc
 import pypdfium2 as pdfium
 import pytest
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 from pypdf import PdfWriter
 
 from finetune.data.inputs import BadInput
@@ -281,6 +284,82 @@ def test_book_without_outline_finds_chapters_by_heading_size(our_book_plain: byt
     # the running head on every page (the title page's title, in large type, stays a heading)
     assert dropped["header_footer"] == dropped["page_number"] == len(pdf)
     assert dropped["toc"] >= len(CHAPTERS) + 1
+
+
+class Typesetter:
+    """Pages set by hand in matplotlib's PDF writer: 6x9 in, a running head and a page number
+    on each, lines placed from the top down."""
+
+    def __init__(self, pdf: PdfPages) -> None:
+        self.pdf, self.page, self.number, self.y = pdf, None, 0, 0.0
+
+    def new_page(self) -> None:
+        self.finish()
+        self.number += 1
+        self.page = Figure(figsize=(6, 9))
+        self.page.text(0.5, 0.96, TITLE, ha="center", fontsize=8)
+        self.page.text(0.5, 0.03, str(self.number), ha="center", fontsize=9)
+        self.y = 0.9
+
+    def put(self, text: str, size: float, indent: float = 0.0, step: float = 0.022) -> None:
+        if self.page is None or self.y < 0.08:
+            self.new_page()
+        assert self.page is not None
+        self.page.text(0.1 + indent, self.y, text, fontsize=size)
+        self.y -= step
+
+    def finish(self) -> None:
+        if self.page is not None:
+            self.pdf.savefig(self.page)
+            self.page = None
+
+
+def matplotlib_pdf(path: Path) -> tuple[bytes, list[str]]:
+    """The book set in matplotlib, which needs no browser: chapters on new pages under an 18 pt
+    heading, paragraphs with an indented first line, lines broken at spaces and after hyphens,
+    superscript footnote markers (mathtext) and the notes at the chapter's end in small type.
+    Also the words in the order they were set."""
+    placed: list[str] = []
+    with PdfPages(path, metadata={"Title": TITLE}) as pdf:
+        setter = Typesetter(pdf)
+        for name, paragraphs in CHAPTERS:
+            setter.new_page()
+            setter.put(name, 18, step=0.05)
+            for paragraph in paragraphs:
+                placed += re.sub(r"\[\^\d+\]", "", paragraph).split()
+                marked = re.sub(r"\[\^(\d+)\]", r"$^{\1}$", paragraph)
+                for i, line in enumerate(textwrap.wrap(marked, 62)):
+                    setter.put(line, 10, indent=0.04 if i == 0 else 0.0)
+            for n in [int(n) for p in paragraphs for n in re.findall(r"\[\^(\d+)\]", p)]:
+                setter.y -= 0.01
+                setter.put(f"{n}. {FOOTNOTES[n]}", 8, step=0.018)
+                placed += f"{n}. {FOOTNOTES[n]}".split()
+        setter.finish()
+    return path.read_bytes(), placed
+
+
+def test_book_set_in_matplotlib(tmp_path: Path) -> None:
+    """Without a browser: furniture, markers, hyphens and heading-size chapters all the same."""
+    data, placed = matplotlib_pdf(tmp_path / "book.pdf")
+    pdf = pdfium.PdfDocument(data)
+    pages = len(pdf)
+    raw = "".join(page.get_textpage().get_text_range() for page in pdf)
+    assert raw.count("\ufffe") >= 2  # compounds broken after their hyphen at line ends
+
+    title, chapters, dropped = read_pdf(data)
+
+    assert title == TITLE
+    assert [name for name, _ in chapters] == [name for name, _ in CHAPTERS]
+    assert in_order(placed, chapters) >= 0.99
+    assert dropped["page_number"] == dropped["header_footer"] == pages
+    assert dropped["footnote_marker"] == len(FOOTNOTES)
+    text = "\n\n".join(t for _, t in chapters)
+    assert not re.search(r"[^\W\d_][.,;:]?\d", text) and TITLE not in text
+    for word in {w.strip(".,;:") for w in placed if "-" in w}:
+        assert word in text, word
+    for (name, paragraphs), (_, got) in zip(CHAPTERS, chapters, strict=True):
+        want = [re.sub(r"\[\^\d+\]", "", p) for p in paragraphs]
+        assert got.split("\n\n")[:len(want)] == want, name
 
 
 INAUGURAL = ["1789-Washington", "1801-Jefferson", "1861-Lincoln", "1933-Roosevelt"]

@@ -85,7 +85,7 @@ def read_pdf(data: bytes) -> tuple[str, list[tuple[str, str]], Counter[str]]:
     counts). Chapter text is paragraphs separated by a blank line. Dropped counts lines
     (`page_number`, `header_footer`, `toc`, `front_matter`), footnote markers
     (`footnote_marker`) and chapters with no text (`empty_chapter`). Raises BadInput for an
-    encrypted, corrupt or image-only (scanned) PDF."""
+    encrypted, corrupt, empty or image-only (scanned) PDF."""
     pdf = _open(data)
     try:
         title = (pdf.get_metadata_dict().get("Title") or "").strip()
@@ -95,8 +95,10 @@ def read_pdf(data: bytes) -> tuple[str, list[tuple[str, str]], Counter[str]]:
         raise BadInput("corrupt_file", f"not a readable PDF: {e}") from None
     finally:
         pdf.close()
+    if not pages:
+        raise BadInput("empty_file", "the PDF has no pages")
     chars = sum(len(line.text) for page in pages for line in page)
-    if not pages or chars < MIN_CHARS_PER_PAGE * len(pages):
+    if chars < MIN_CHARS_PER_PAGE * len(pages):
         raise BadInput("no_text_layer", "no text layer: run OCR first (e.g. ocrmypdf) and ingest "
                        "the result")
     book = Book(pages, _body_size(pages), set(), Counter())
@@ -113,8 +115,9 @@ def _open(data: bytes) -> pdfium.PdfDocument:
     except pdfium.PdfiumError as e:
         if e.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
             raise BadInput("encrypted", "the PDF is encrypted: remove the password (e.g. qpdf "
-                           "--decrypt) and ingest the result") from None
-        raise BadInput("corrupt_file", f"not a readable PDF ({e})") from None
+                           "--password=... --decrypt in.pdf out.pdf) and ingest the result"
+                           ) from None
+        raise BadInput("corrupt_file", f"not a readable PDF: {e}") from None
 
 
 # ---- lines from pdfium's text layer ---------------------------------------------------------
@@ -215,7 +218,8 @@ def _same_line(a: Line, b: Line) -> bool:
 
 
 def _merge(a: Line, b: Line) -> Line:
-    space = b.spaced or b.left - a.right > 0.2 * a.height
+    marker = bool(b.digits) and b.digits[0][0] == 0 and b.digits[0][2] < MARKER_RATIO * a.size
+    space = not marker and (b.spaced or b.left - a.right > 0.2 * a.height)
     shift = len(a.text) + space
     main = a if a.size >= b.size else b
     return Line(a.text + " " * space + b.text, main.top, main.bottom, main.baseline, a.left,
@@ -384,7 +388,7 @@ def _chapters(book: Book, outline: list[tuple[int, str, int, float | None]],
               title: str) -> list[tuple[str, str]]:
     """Split the lines at the chapter headings; each chapter's text without its heading."""
     lines = list(_lines(book))
-    starts = _outline_starts(lines, outline, book) if outline else []
+    starts = _outline_starts(lines, outline) if outline else []
     if not starts:
         starts = _heading_starts(lines, book)
     starts.sort(key=lambda s: s[1])
@@ -398,8 +402,8 @@ def _chapters(book: Book, outline: list[tuple[int, str, int, float | None]],
         body = lines[first + skip:end]
         paragraphs = layout.paragraphs(body)
         if not name and not _is_prose(paragraphs):
-            if body:
-                book.dropped["front_matter"] += len(body)
+            if end > first:
+                book.dropped["front_matter"] += end - first  # a title page, a dedication
             continue
         if not paragraphs:
             book.dropped["empty_chapter"] += 1
@@ -414,8 +418,8 @@ def _chapter_level(outline: list[tuple[int, str, int, float | None]]) -> int:
     return 0 if counts[0] >= 2 or not counts[1] else 1
 
 
-def _outline_starts(lines: list[Line], outline: list[tuple[int, str, int, float | None]],
-                    book: Book) -> list[tuple[str, int, int]]:
+def _outline_starts(lines: list[Line], outline: list[tuple[int, str, int, float | None]]
+                    ) -> list[tuple[str, int, int]]:
     """(title, index of its first line, heading lines to skip) per chapter bookmark: the
     heading is the largest-font run of lines on the bookmark's page whose text is its title."""
     level = _chapter_level(outline)
