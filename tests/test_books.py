@@ -172,30 +172,27 @@ def drm_epub(tmp_path: Path) -> Path:
     return path
 
 
-def encrypted_pdf(tmp_path: Path) -> Path:
+def blank_pdf(where: Path, name: str, pages: int, password: str | None = None) -> Path:
+    """A PDF of blank pages (no text layer), written by pypdf, encrypted with `password`."""
     from pypdf import PdfWriter
 
     writer = PdfWriter()
-    writer.add_blank_page(width=595, height=842)
-    writer.encrypt("secret")
-    tmp_path.mkdir()
-    path = tmp_path / "locked.pdf"
-    with open(path, "wb") as f:
+    for _ in range(pages):
+        writer.add_blank_page(width=595, height=842)
+    if password:
+        writer.encrypt(password)
+    where.mkdir()
+    with open(where / name, "wb") as f:
         writer.write(f)
-    return path
+    return where / name
+
+
+def encrypted_pdf(tmp_path: Path) -> Path:
+    return blank_pdf(tmp_path, "locked.pdf", 1, password="secret")
 
 
 def scanned_pdf(tmp_path: Path) -> Path:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(3):
-        writer.add_blank_page(width=595, height=842)
-    tmp_path.mkdir()
-    path = tmp_path / "scan.pdf"
-    with open(path, "wb") as f:
-        writer.write(f)
-    return path
+    return blank_pdf(tmp_path, "scan.pdf", 3)
 
 
 def truncated_docx(tmp_path: Path) -> Path:
