@@ -436,6 +436,9 @@ def _outline_starts(lines: list[Line], outline: list[tuple[int, str, int, float 
             if not later:
                 continue
             found = (later[0], 0)
+        if found[1]:  # the heading as printed: an outline title can lose the space at a line wrap
+            printed = (lines[i].text.strip() for i in range(found[0], found[0] + found[1]))
+            name = re.sub(r"(?<=\w-) (?=\w)", "", " ".join(printed))  # "Self-" / "Reliance"
         starts.setdefault(found[0], (name, *found))
     return list(starts.values())
 
