@@ -291,7 +291,7 @@ class Check:
         import pandas as pd
 
         from finetune.models.loading import load_tokenizer
-        from finetune.scoring.evaluation import mean_token_loss
+        from finetune.scoring.loss import mean_token_loss
 
         test = datasets.load_from_disk(str(paths.tokenized / "test"))
         rows = len(pd.read_parquet(paths.split_file("test")))

@@ -100,7 +100,7 @@ def eval_throughput(base: Path, quick: bool, repeats: int, examples: int | None 
                     ) -> dict[str, Any]:
     """Tokens per second of the evaluate stage's batched loss against a per-example loop, over
     `examples` packed blocks (default: 64 with --quick, else 24)."""
-    from finetune.scoring.evaluation import mean_token_loss
+    from finetune.scoring.loss import mean_token_loss
 
     model, tokenizer = load_from(base, quick)
     test = packed_dataset(tokenizer, sample_text())

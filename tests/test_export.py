@@ -20,6 +20,8 @@ from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
 from finetune.export import check
+from finetune.config.export import LIBRARY_TYPES
+from finetune.export import llamacpp
 from finetune.export.gguf import write_gguf
 from finetune.export.ollama import modelfile, read_template
 from finetune.models.loading import load_model, load_tokenizer, set_inference
@@ -29,7 +31,9 @@ from stages import export
 from tests.helpers import run_stage, tiny_params
 
 # the largest absolute logit difference allowed per type, for these tiny models
-TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 0.25}
+# (q5_0 and q4_0 keep the embedding and output head in q8_0)
+TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "bf16": 0.15, "q8_0": 0.25, "q5_0": 2.5, "q4_0": 4.0}
+GREEDY_SAME = ("f32", "f16")  # types whose 12 greedy tokens must match exactly (bf16: 8-bit mantissas)
 
 
 def sha(path: Path) -> str:
@@ -78,7 +82,7 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
 
 
 @pytest.mark.slow  # reads each GGUF back through transformers' loader
-@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("kind", LIBRARY_TYPES)
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")
@@ -87,7 +91,7 @@ def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: P
     ids = tokenizer("The storm came in from the west at 23:14, and", add_special_tokens=False)["input_ids"]
     diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
     assert diff <= TOLERANCE[kind], f"{kind}: max logit difference {diff}"
-    if kind != "q8_0":
+    if kind in GREEDY_SAME:
         assert check.greedy(model, ids, 12) == check.greedy(back, ids, 12)
     # the tokenizer and its chat template travel inside the file
     probe = "<|im_start|>user\nHi 23:14"
@@ -121,14 +125,20 @@ def test_another_architecture_ends_in_one_line_naming_it(tmp_path: Path,
     assert not (tmp_path / "x.gguf").exists()
 
 
-@pytest.mark.slow  # a real export and its read-back check
-def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, Paths],
-                                                         tmp_path: Path) -> None:
-    params, paths = trained
-    root = tmp_path / "project"
+def exported_project(trained: tuple[Params, Paths], root: Path) -> Paths:
+    """A project with the trained fixture's model and tokenized test split, as export finds them."""
     local = Paths().under(root)
-    shutil.copytree(paths.finetuned, local.finetuned)
-    summary = run_stage(export, tiny_params(export={"gguf_type": "q8_0", "name": "tiny"}), local)
+    shutil.copytree(trained[1].finetuned, local.finetuned)
+    shutil.copytree(trained[1].tokenized / "test", local.tokenized / "test")
+    return local
+
+
+@pytest.mark.slow  # two real exports, their read-back checks and perplexities
+def test_the_stage_writes_gguf_files_modelfile_and_measures_them(trained: tuple[Params, Paths],
+                                                                 tmp_path: Path) -> None:
+    local = exported_project(trained, tmp_path / "project")
+    summary = run_stage(export, tiny_params(export={"gguf_type": "q8_0", "gguf_types": ["f16", "q8_0"],
+                                                    "name": "tiny"}), local)
     gguf = local.export / "tiny-q8_0.gguf"
     assert summary["file"] == str(gguf) and summary["bytes"] == gguf.stat().st_size
     check = summary["check"]
@@ -136,22 +146,57 @@ def test_the_stage_writes_gguf_modelfile_and_checks_them(trained: tuple[Params, 
     assert summary["ollama_template"] == "derived"
     text = (local.export / "Modelfile").read_text()
     assert "FROM ./tiny-q8_0.gguf\n" in text and 'TEMPLATE """' in text
-    assert sorted(p.name for p in local.export.iterdir()) == ["Modelfile", "tiny-q8_0.gguf"]
+    assert sorted(p.name for p in local.export.iterdir()) == ["Modelfile", "tiny-f16.gguf", "tiny-q8_0.gguf"]
+    # the cost of each quantisation, on the test split's tokens, beside the folder's own figure
+    types, folder = summary["types"], summary["finetuned_test"]
+    assert list(types) == ["q8_0", "f16"] and types["q8_0"]["check"] == check
+    assert types["f16"]["bytes"] > types["q8_0"]["bytes"]
+    for kind, figures in types.items():
+        assert figures["test"]["tokens"] == folder["tokens"] > 0
+        assert figures["test"]["perplexity"] == pytest.approx(folder["perplexity"], rel=0.05), kind
+    assert abs(types["f16"]["test"]["loss"] - folder["loss"]) < 1e-3
+    if llamacpp.available():  # and as llama.cpp computes it
+        assert types["f16"]["llama_cpp_test"]["perplexity"] == pytest.approx(folder["perplexity"], rel=0.01)
 
+
+def test_a_llama_cpp_type_without_llama_cpp_says_how_to_install_it(
+        trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    if llamacpp.available():
+        pytest.skip("llama-cpp-python is installed here")
+    local = exported_project(trained, tmp_path)
+    with pytest.raises(UserError, match=r"q4_k_m is made by llama.cpp's quantiser.*uv sync --group llamacpp"):
+        run_stage(export, tiny_params(export={"gguf_types": ["q4_k_m"]}), local)
+    assert not local.export.exists()
+
+
+@pytest.mark.slow  # three llama.cpp quantisations and their perplexities in llama.cpp
+def test_llama_cpp_k_quants_and_what_they_cost(trained: tuple[Params, Paths], tmp_path: Path) -> None:
+    if not llamacpp.available():
+        pytest.skip("llama-cpp-python is not installed (uv sync --group llamacpp)")
+    local = exported_project(trained, tmp_path)
+    summary = run_stage(export, tiny_params(export={"gguf_type": "q4_k_m", "gguf_types": ["q5_k_m", "q6_k"]}),
+                        local)
+    folder = summary["finetuned_test"]["perplexity"]
+    for kind in ("q4_k_m", "q5_k_m", "q6_k"):
+        figures = summary["types"][kind]
+        assert figures["check"]["tokenizer_agrees"]
+        # within 10% of the folder's perplexity on this tiny model, in both readers
+        assert figures["llama_cpp_test"]["perplexity"] == pytest.approx(folder, rel=0.10), kind
+        assert figures["test"]["perplexity"] == pytest.approx(folder, rel=0.10), kind
+    assert "FROM ./finetuned-q4_k_m.gguf\n" in (local.export / "Modelfile").read_text()
 
 
 @pytest.mark.slow  # two real exports
 def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
         trained: tuple[Params, Paths], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    local = Paths().under(tmp_path)
-    shutil.copytree(trained[1].finetuned, local.finetuned)
+    local = exported_project(trained, tmp_path)
     run_stage(export, tiny_params(export={"name": "tiny"}), local)
     before = {p.name: sha(p) for p in local.export.iterdir()}
 
-    def broken(path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
+    def broken(*args: Any) -> dict[str, Any]:
         return {"tokenizer_agrees": True, "top_token_agreement": 0.1}
 
-    monkeypatch.setattr(export, "compare", broken)
+    monkeypatch.setattr(export, "compare_loaded", broken)
     with pytest.raises(UserError, match="does not read back as the model it was written from"):
         run_stage(export, tiny_params(export={"name": "other"}), local)
     assert {p.name: sha(p) for p in local.export.iterdir()} == before

@@ -60,13 +60,17 @@ def read_back(gguf_path: Path) -> tuple[Any, Any]:
 
 
 def compare(gguf_path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """The exported file, loaded by transformers, against the folder's model: the tokenizer on
-    the check prompts, the largest and mean absolute logit difference over their tokens, the
-    share of positions with the same top token, and the share of greedy tokens produced before
-    the two continuations first differ (1.0: token for token the same)."""
+    """The exported file, loaded by transformers, against the folder's model (compare_loaded)."""
+    return compare_loaded(*read_back(gguf_path), model, tokenizer)
+
+
+def compare_loaded(loaded: Any, loaded_tokenizer: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """A GGUF file as transformers read it against the folder's model: the tokenizer on the
+    check prompts, the largest and mean absolute logit difference over their tokens, the share
+    of positions with the same top token, and the share of greedy tokens produced before the two
+    continuations first differ (1.0: token for token the same)."""
     import torch
 
-    loaded, loaded_tokenizer = read_back(gguf_path)
     prompts = check_prompts(tokenizer)
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
     same_tokens = encoded == [loaded_tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -12,8 +12,8 @@ import pandas as pd
 from finetune.config.model import ModelParams, ScratchParams
 from finetune.data import conversations
 from finetune.errors import UserError
-from finetune.gguf_files import parsed_once
 from finetune.files import read_json
+from finetune.gguf_files import parsed_once
 from finetune.paths import Paths
 
 EOS = "<|endoftext|>"
@@ -85,6 +85,24 @@ def from_pretrained(source: str, revision: str, allow_pickle: bool = False) -> t
                       "(trust_remote_code stays off); choose a model transformers supports itself")
         raise UserError(f"model.source: {source}: {reason[:400]}") from None
     return model, tokenizer
+
+
+def sentencepiece_model(p: ModelParams) -> Path | None:
+    """A Hugging Face source's `tokenizer.model` (SentencePiece), which transformers no longer
+    saves with the tokenizer but GGUF export of Gemma 2 or Phi-3 needs: from a local folder, or
+    from the hub (None where the model has none)."""
+    source = p.source
+    if source == "scratch" or source.startswith("package:") or source.endswith(".gguf"):
+        return None
+    if Path(source).is_dir():
+        local = Path(source) / "tokenizer.model"
+        return local if local.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, "tokenizer.model", revision=p.revision))
+    except Exception:  # none in the repository, or no network: the export says what is missing
+        return None
 
 
 def train_texts(train: pd.DataFrame) -> list[str]:

@@ -1,0 +1,184 @@
+"""GGUF export of each supported family (finetune.export.gguf.FAMILIES): a tiny model of that
+exact architecture from its config with random weights, and a tokenizer of the family's kind
+trained here (byte-level BPE with the family's own split regex; SentencePiece for Mistral, Phi-3
+and Gemma), exported to f16 and read back through transformers' GGUF loader: the same tokens for
+a multilingual and code-heavy string, logits within F16_TOLERANCE, the same greedy continuation,
+and the family's tokenizer metadata in the file. Where llama-cpp-python is installed, the same
+file run in llama.cpp gives the same greedy tokens."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from finetune.errors import UserError
+from finetune.export import check, llamacpp
+from finetune.export.gguf import FAMILIES, LLAMA3_SPLIT, QWEN2_SPLIT, write_gguf
+from finetune.gguf_files import gguf_module
+
+F16_TOLERANCE = 2e-2  # largest absolute logit difference, f16 weights of these tiny models
+GREEDY = 12
+TEXT = ["The storm came in from the west, and the river rose 3.5 feet by 23:14.",
+        "def add(a, b):\n    return a + b  # 日本語のテキスト, Ünïcödé, привет мир",
+        "Q: Where is my order FH-21290?\nA: It ships on Monday, 4 March 2024.",
+        "<|im_start|>user\nHi<|im_end|>\n<start_of_turn>model\nOk<end_of_turn>"] * 40
+PROBE = "Grüße aus Köln! 東京 def f(x): return x**2 + 1_000 # ok\n\tend 23:14"
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+# family -> (model_type, config extras, tokenizer kind, special tokens, the gguf pre-tokenizer)
+SPECS: dict[str, tuple[str, dict[str, Any], str, list[str], str | None]] = {
+    "LlamaForCausalLM": ("llama", {"tie_word_embeddings": False}, LLAMA3_SPLIT,
+                         ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"], "llama-bpe"),
+    "MistralForCausalLM": ("mistral", {"sliding_window": None}, "spm", ["[INST]", "[/INST]"], None),
+    "Qwen2ForCausalLM": ("qwen2", {"tie_word_embeddings": True}, QWEN2_SPLIT,
+                         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "qwen2"),
+    # transformers' GGUF reader takes Qwen3's head_dim to be 128, as every Qwen3 has it
+    "Qwen3ForCausalLM": ("qwen3", {"head_dim": 128, "tie_word_embeddings": True}, QWEN2_SPLIT,
+                         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "qwen2"),
+    "Gemma2ForCausalLM": ("gemma2", {"head_dim": 16}, "spm", ["<start_of_turn>", "<end_of_turn>"], None),
+    "Gemma3ForCausalLM": ("gemma3_text", {"head_dim": 16}, "spm",
+                          ["<start_of_turn>", "<end_of_turn>"], None),
+    "Phi3ForCausalLM": ("phi3", {"pad_token_id": 0}, "spm",
+                        ["<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], None),
+    "GPT2LMHeadModel": ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}, "gpt2",
+                        ["<|endoftext|>"], "gpt-2"),
+}
+
+
+def bpe_tokenizer(split: str, specials: list[str]) -> Any:
+    """Byte-level BPE trained on TEXT, split first by the family's regex (GPT-2: its own)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = (pre_tokenizers.ByteLevel(add_prefix_space=False) if split == "gpt2" else
+                         pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                           use_regex=False)]))
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(TEXT, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    llama3 = specials[0] == "<|begin_of_text|>"
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0] if llama3 else None,
+                                   eos_token=specials[2] if llama3 else specials[-1], pad_token=specials[0])
+
+
+def spm_tokenizer(folder: Path, specials: list[str], gemma: bool) -> Any:
+    """A SentencePiece BPE model (byte fallback, digits apart) trained on TEXT, as tokenizer.model,
+    loaded as the family loads it (GemmaTokenizer or LlamaTokenizer)."""
+    import sentencepiece
+
+    ids = (dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+                bos_piece="<bos>", unk_piece="<unk>") if gemma else dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT), model_prefix=str(folder / "tokenizer"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, user_defined_symbols=specials, character_coverage=1.0,
+        split_digits=True, minloglevel=2, **ids)
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GemmaTokenizer" if gemma else "LlamaTokenizer"}))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_family(arch: str, where: Path) -> tuple[Path, Path]:
+    """(models/finetuned, models/base) as the pipeline leaves them for a tiny `arch` model: the
+    fine-tuned folder without tokenizer.model (transformers does not save it), the base with it."""
+    model_type, extra, kind, specials, _ = SPECS[arch]
+    folder, base = where / "finetuned", where / "base"
+    folder.mkdir(parents=True)
+    base.mkdir()
+    if kind == "spm":
+        tokenizer = spm_tokenizer(folder, specials, gemma=arch.startswith("Gemma"))
+        shutil.move(folder / "tokenizer.model", base / "tokenizer.model")
+        (folder / "tokenizer_config.json").unlink()
+    else:
+        tokenizer = bpe_tokenizer(kind, specials)
+        tokenizer.chat_template = CHATML if "<|im_start|>" in specials else None
+    size = {} if model_type == "gpt2" else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                            "num_attention_heads": 4, "num_key_value_heads": 2,
+                                            "max_position_embeddings": 256}
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), architectures=[arch],
+                                  eos_token_id=tokenizer.eos_token_id, **size, **extra)
+    # as the families' configs have it (Qwen and GPT-2: BOS is the EOS token)
+    config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # weights scaled up so that the logits differ from token to token
+        for p in model.parameters():
+            p.mul_(8.0 if p.ndim > 1 else 1.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert not (folder / "tokenizer.model").exists()
+    return folder, base
+
+
+def logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([ids])).logits[0]
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    arch = request.param
+    folder, base = tiny_family(arch, tmp_path_factory.mktemp(arch))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    written = write_gguf(folder, model, tokenizer, "f16", folder.parent / "m-f16.gguf", "tiny", base=base)
+    return arch, folder, model, tokenizer, written.path
+
+
+def test_each_family_reads_back_as_the_same_model(exported: Any) -> None:
+    arch, _, model, tokenizer, path = exported
+    back, read_tokenizer = check.read_back(path)
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    assert read_tokenizer(PROBE, add_special_tokens=False)["input_ids"] == ids
+    assert tokenizer.unk_token_id not in ids or arch == "GPT2LMHeadModel"
+    diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
+    assert diff <= F16_TOLERANCE, f"{arch}: max logit difference {diff}"
+    assert check.greedy(model, ids, GREEDY) == check.greedy(back, ids, GREEDY)
+
+
+def test_each_family_carries_its_tokenizer_metadata(exported: Any) -> None:
+    arch, _, _, tokenizer, path = exported
+    fields = gguf_module().GGUFReader(path).fields
+
+    def value(key: str) -> Any:
+        return fields[key].contents() if key in fields else None
+
+    pre = SPECS[arch][4]
+    assert value("tokenizer.ggml.model") == ("gpt2" if pre else "llama")
+    if pre:
+        assert value("tokenizer.ggml.pre") == pre
+    assert value("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
+    assert value("tokenizer.ggml.add_bos_token") is bool(
+        tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id] and tokenizer.bos_token_id is not None)
+    if tokenizer.chat_template:
+        assert value("tokenizer.chat_template") == tokenizer.chat_template
+
+
+def test_each_family_runs_in_llama_cpp_with_the_same_greedy_tokens(exported: Any) -> None:
+    if not llamacpp.available():
+        pytest.skip("llama-cpp-python is not installed (uv sync --group llamacpp)")
+    arch, _, model, tokenizer, path = exported
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    llm = llamacpp.load(path, n_ctx=128, threads=1)
+    try:
+        assert llm.tokenize(PROBE.encode(), add_bos=False, special=True) == ids
+        assert llamacpp.greedy(llm, ids, GREEDY) == check.greedy(model, ids, GREEDY)
+    finally:
+        llm.close()
+
+
+def test_a_sentencepiece_family_without_its_tokenizer_model_says_where_to_put_it(tmp_path: Path) -> None:
+    folder, base = tiny_family("Gemma2ForCausalLM", tmp_path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    with pytest.raises(UserError, match=r"Gemma 2 model needs its SentencePiece tokenizer.model"):
+        write_gguf(folder, model, tokenizer, "f16", tmp_path / "x.gguf", "x", base=tmp_path / "none")
+    assert not (tmp_path / "x.gguf").exists()
