@@ -133,10 +133,20 @@ def test_sft_trl(tiny_base: Path, tmp_path: Path) -> None:
 
 
 def gguf_figures(tiny_base: Path, tmp_path: Path, *flags: str) -> dict:
+    import datasets
+
+    from finetune.config.export import GGUF_TYPES, LIBRARY_TYPES
+    from finetune.models.loading import load_tokenizer
+
+    ids = load_tokenizer(tiny_base)("The miller counted sacks by the mill race. " * 8)["input_ids"]
+    datasets.Dataset.from_dict({"input_ids": [ids], "labels": [ids]}).save_to_disk(tmp_path / "test")
     out = tmp_path / "gguf.json"
-    gguf.main(["--model", str(tiny_base), "--out", str(out), *flags])
+    gguf.main(["--model", str(tiny_base), "--out", str(out), "--test", str(tmp_path / "test"), *flags])
     saved = json.loads(out.read_text())
-    assert set(saved["types"]) == {"f32", "f16", "q8_0"}
+    assert list(saved["types"]) == list(LIBRARY_TYPES if "--without-llama-cpp" in flags else GGUF_TYPES)
+    positive(saved, "folder_test_perplexity")
+    for t in saved["types"].values():
+        positive(t, "test_perplexity")
     for t in saved["types"].values():
         positive(t, "bytes")
         assert t["transformers"]["tokenizer_agrees"]
@@ -158,7 +168,7 @@ def test_gguf_llama_cpp(tiny_base: Path, tmp_path: Path) -> None:
     saved = gguf_figures(tiny_base, tmp_path)
     for t in saved["types"].values():
         assert t["llama_cpp"]["tokenizer_agrees"]
-        positive(t["llama_cpp"], "decode_tokens_per_second")
+        positive(t["llama_cpp"], "decode_tokens_per_second", "test_perplexity")
 
 
 def servers_of(model: Path) -> list[psutil.Process]:

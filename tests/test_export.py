@@ -16,12 +16,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
+from finetune.config.export import LIBRARY_TYPES
 from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
-from finetune.export import check
-from finetune.config.export import LIBRARY_TYPES
-from finetune.export import llamacpp
+from finetune.export import bundle, check, llamacpp
 from finetune.export.gguf import write_gguf
 from finetune.export.ollama import modelfile, read_template
 from finetune.models.loading import load_model, load_tokenizer, set_inference
@@ -169,6 +168,14 @@ def test_a_llama_cpp_type_without_llama_cpp_says_how_to_install_it(
     assert not local.export.exists()
 
 
+def test_a_lora_adapter_of_a_run_without_one_ends_in_one_line(trained: tuple[Params, Paths],
+                                                              tmp_path: Path) -> None:
+    local = exported_project(trained, tmp_path)
+    with pytest.raises(UserError, match=r"export.lora_adapter: .* has no LoRA adapter"):
+        run_stage(export, tiny_params(export={"lora_adapter": True}), local)
+    assert not local.export.exists()
+
+
 @pytest.mark.slow  # three llama.cpp quantisations and their perplexities in llama.cpp
 def test_llama_cpp_k_quants_and_what_they_cost(trained: tuple[Params, Paths], tmp_path: Path) -> None:
     if not llamacpp.available():
@@ -196,7 +203,7 @@ def test_an_export_that_fails_its_check_leaves_the_last_one_as_it_was(
     def broken(*args: Any) -> dict[str, Any]:
         return {"tokenizer_agrees": True, "top_token_agreement": 0.1}
 
-    monkeypatch.setattr(export, "compare_loaded", broken)
+    monkeypatch.setattr(bundle, "compare_loaded", broken)
     with pytest.raises(UserError, match="does not read back as the model it was written from"):
         run_stage(export, tiny_params(export={"name": "other"}), local)
     assert {p.name: sha(p) for p in local.export.iterdir()} == before

@@ -76,7 +76,8 @@ def spm_tokenizer(folder: Path, specials: list[str], gemma: bool) -> Any:
     import sentencepiece
 
     ids = (dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-                bos_piece="<bos>", unk_piece="<unk>") if gemma else dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
+                bos_piece="<bos>", unk_piece="<unk>") if gemma
+           else dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(TEXT), model_prefix=str(folder / "tokenizer"), vocab_size=400,
         model_type="bpe", byte_fallback=True, user_defined_symbols=specials, character_coverage=1.0,
@@ -101,13 +102,14 @@ def tiny_family(arch: str, where: Path) -> tuple[Path, Path]:
     else:
         tokenizer = bpe_tokenizer(kind, specials)
         tokenizer.chat_template = CHATML if "<|im_start|>" in specials else None
-    size = {} if model_type == "gpt2" else {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                            "num_attention_heads": 4, "num_key_value_heads": 2,
-                                            "max_position_embeddings": 256}
+    size = {} if model_type == "gpt2" else {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256}
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), architectures=[arch],
                                   eos_token_id=tokenizer.eos_token_id, **size, **extra)
     # as the families' configs have it (Qwen and GPT-2: BOS is the EOS token)
-    config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
+    config.bos_token_id = bos if bos is not None else tokenizer.eos_token_id
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # weights scaled up so that the logits differ from token to token
@@ -182,3 +184,138 @@ def test_a_sentencepiece_family_without_its_tokenizer_model_says_where_to_put_it
     with pytest.raises(UserError, match=r"Gemma 2 model needs its SentencePiece tokenizer.model"):
         write_gguf(folder, model, tokenizer, "f16", tmp_path / "x.gguf", "x", base=tmp_path / "none")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def lora_run(arch: str, where: Path) -> tuple[Path, Path, Any]:
+    """(models/finetuned, models/base, the merged model) of a LoRA run on a tiny `arch` model:
+    peft adapters on every linear layer with random B (peft starts it at zero), saved as train
+    saves them, and the merged model beside them."""
+    from peft import LoraConfig, get_peft_model
+
+    folder, base = tiny_family(arch, where)
+    shutil.move(folder, base / "_")  # the base folder: the tiny model, its tokenizer(.model)
+    for path in (base / "_").iterdir():
+        shutil.move(path, base / path.name)
+    (base / "_").rmdir()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8.0, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    folder.mkdir()
+    peft_model.save_pretrained(folder / "lora_adapter")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder, base, merged
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM"])
+def test_a_lora_adapter_gguf_over_the_base_gguf_is_the_merged_model(arch: str, tmp_path: Path) -> None:
+    """Tensor by tensor: the base's GGUF weight + alpha/r * B·A from the adapter GGUF equals the
+    merged model's GGUF weight (so the names and llama.cpp's q/k row order are right); in
+    llama.cpp, where installed, base + adapter greedy-decodes as the merged model does."""
+    import numpy as np
+
+    from finetune.export.lora import write_lora_gguf
+
+    gguf = gguf_module()
+    folder, base, merged = lora_run(arch, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    base_file = write_gguf(base, base_model, tokenizer, "f32", tmp_path / "base.gguf", "b", base=base).path
+    merged_file = write_gguf(folder, merged, tokenizer, "f32", tmp_path / "merged.gguf", "m", base=base).path
+    adapter = write_lora_gguf(folder, base, base_model, tmp_path / "lora.gguf", "tiny-lora")
+    reader = gguf.GGUFReader(adapter.path)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.lora.alpha"].contents() == 8.0
+    lora = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+    weights = {t.name: np.array(t.data) for t in gguf.GGUFReader(base_file).tensors}
+    want = {t.name: np.array(t.data) for t in gguf.GGUFReader(merged_file).tensors}
+    adapted = sorted(name.removesuffix(".lora_a") for name in lora if name.endswith(".lora_a"))
+    assert adapted and adapter.tensors == 2 * len(adapted)
+    assert any(".attn_q." in name for name in adapted) and any(".attn_k." in name for name in adapted)
+    for name in adapted:
+        delta = (adapter.alpha / adapter.rank) * lora[name + ".lora_b"] @ lora[name + ".lora_a"]
+        np.testing.assert_allclose(weights[name] + delta, want[name], atol=2e-3, err_msg=name)
+    if llamacpp.available():
+        from llama_cpp import Llama
+
+        ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        llm = Llama(model_path=str(base_file), lora_path=str(adapter.path), n_ctx=128, logits_all=True,
+                    n_threads=1, verbose=False)
+        try:
+            assert llamacpp.greedy(llm, ids, GREEDY) == check.greedy(merged.eval(), ids, GREEDY)
+        finally:
+            llm.close()
+
+
+@pytest.mark.slow  # a real export stage: three GGUF files, read back and measured
+def test_the_stage_ships_a_lora_run_as_base_gguf_plus_adapter(tmp_path: Path) -> None:
+    import dataclasses
+
+    import datasets
+
+    from finetune.config.tokenize import TokenizeParams
+    from finetune.files import write_json
+    from finetune.paths import INFERENCE_FILE, Paths
+    from finetune.text.prompts import inference
+    from stages import export
+    from tests.helpers import run_stage, tiny_params
+
+    local = Paths().under(tmp_path / "project")
+    folder, base, _ = lora_run("Qwen2ForCausalLM", tmp_path / "run")
+    local.finetuned.parent.mkdir(parents=True)
+    shutil.move(folder, local.finetuned)
+    shutil.move(base, local.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(local.finetuned)
+    write_json(dataclasses.asdict(inference(tokenizer, "chat", TokenizeParams())),
+               local.finetuned / INFERENCE_FILE)
+    ids = tokenizer(TEXT[0] + TEXT[2])["input_ids"]
+    datasets.Dataset.from_dict({"input_ids": [ids], "labels": [ids]}).save_to_disk(local.tokenized / "test")
+
+    summary = run_stage(export, tiny_params(export={"lora_adapter": True, "name": "tiny"}), local)
+
+    lora = local.export / "lora"
+    assert sorted(p.name for p in lora.iterdir()) == ["Modelfile", "tiny-base-f16.gguf", "tiny-lora.gguf"]
+    text = (lora / "Modelfile").read_text()
+    assert "FROM ./tiny-base-f16.gguf\nADAPTER ./tiny-lora.gguf\n" in text
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'TEMPLATE """' in text
+    adapter = summary["lora_adapter"]
+    assert adapter["file"] == str(lora / "tiny-lora.gguf") and adapter["rank"] == 4
+    assert adapter["bytes"] < adapter["base_bytes"] / 3  # megabytes instead of the whole model
+    assert summary["types"]["f16"]["test"]["tokens"] == len(ids) - 1
+    assert "ADAPTER" not in (local.export / "Modelfile").read_text()
+
+
+@pytest.mark.slow  # the pipeline's stages from base_model to export, on a tiny model of each family
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_each_family_fine_tunes_and_exports_through_the_pipeline(
+        arch: str, trained: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The family's tiny model as `model.source` (a local folder), on the session's tiny data
+    (copied from the trained fixture): base_model keeps a SentencePiece tokenizer.model, train
+    falls back to eager attention where SDPA is missing (Gemma 2), export reads its file back."""
+    from finetune.paths import Paths
+    from stages import base_model, export, tokenize, train
+    from tests.helpers import run_stage, tiny_params
+
+    params0, paths0 = trained
+    folder, base = tiny_family(arch, tmp_path / "source")
+    if (base / "tokenizer.model").exists():
+        shutil.move(base / "tokenizer.model", folder / "tokenizer.model")
+    local = Paths().under(tmp_path / "project")
+    shutil.copytree(paths0.split_file("train").parent, local.split_file("train").parent)
+    params = tiny_params(model={"source": str(folder)}, train={"max_steps": 1, "eval_steps": 1},
+                         export={"name": "tiny"})
+    for stage in (base_model, tokenize, train):
+        run_stage(stage, params, local)
+    assert (local.base_model / "tokenizer.model").exists() == (SPECS[arch][2] == "spm")
+    if arch == "Gemma2ForCausalLM":
+        assert "Gemma2ForCausalLM does not support it; using eager attention" in capfd.readouterr().err
+    summary = run_stage(export, params, local)
+    figures = summary["check"]  # f16 of a model one step from random: near-ties, so no greedy check
+    assert figures["tokenizer_agrees"] and figures["top_token_agreement"] == 1.0
+    assert figures["max_abs_logit_diff"] <= 2.5 * F16_TOLERANCE, figures

@@ -23,6 +23,9 @@ class ExportParams(Section):
     gguf_type: GgufType = "f16"
     # more files written and measured beside it, one per type
     gguf_types: list[GgufType] = Field(default_factory=list, max_length=len(GGUF_TYPES))
+    # a LoRA run: also its adapter as a GGUF LoRA adapter over the base model's GGUF, with a
+    # Modelfile ADAPTER line (models/export/lora/)
+    lora_adapter: bool = False
     name: str = Field("finetuned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
 
     def kinds(self) -> list[str]:

@@ -3,6 +3,8 @@ saving a model folder that answers as it was trained."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +41,28 @@ def local_model_dir(path: Path) -> Path:
     return Path(path)
 
 
+def with_attention(load: Callable[[str], Any], attention: str) -> Any:
+    """load(attention), or where the architecture has no such implementation (Gemma 2 has no
+    SDPA attention in transformers), load("eager") after one line saying so."""
+    try:
+        return load(attention)
+    except ValueError as e:
+        if attention == "eager" or "does not support an attention implementation" not in str(e):
+            raise
+        print(f"attention {attention}: {str(e).split()[0]} does not support it; using eager attention",
+              file=sys.stderr)
+        return load("eager")
+
+
 def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
-    """A causal LM from a local Hugging Face directory, safetensors only, no remote code."""
+    """A causal LM from a local Hugging Face directory, safetensors only, no remote code;
+    `attention` as the architecture supports it (with_attention)."""
     from transformers import AutoModelForCausalLM
 
     path = local_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = with_attention(lambda implementation: AutoModelForCausalLM.from_pretrained(
         path, use_safetensors=True, trust_remote_code=False, dtype="float32",
-        attn_implementation=attention,
-    )
+        attn_implementation=implementation), attention)
     return model.to(device)
 
 

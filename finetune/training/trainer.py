@@ -31,6 +31,7 @@ from finetune.models.loading import (
     pick_precision,
     save_tokenizer,
     set_inference,
+    with_attention,
 )
 from finetune.paths import INFERENCE_FILE, Paths
 from finetune.training import progress
@@ -291,9 +292,9 @@ def load_quantized(path: Path, device: str, precision: str, attention: str) -> A
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                 bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
     place = int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"
-    return AutoModelForCausalLM.from_pretrained(
+    return with_attention(lambda implementation: AutoModelForCausalLM.from_pretrained(
         local_model_dir(path), quantization_config=config, dtype=dtype, device_map={"": place},
-        attn_implementation=attention, use_safetensors=True, trust_remote_code=False)
+        attn_implementation=implementation, use_safetensors=True, trust_remote_code=False), attention)
 
 
 def prepare(model: Any, p: TrainParams) -> Any:
