@@ -23,6 +23,7 @@ from finetune.export.gguf import FAMILIES, LLAMA3_SPLIT, QWEN2_SPLIT, write_gguf
 from finetune.gguf_files import gguf_module
 
 F16_TOLERANCE = 2e-2  # largest absolute logit difference, f16 weights of these tiny models
+LLAMA_CPP_TOLERANCE = 3e-2  # the same f16 file run in llama.cpp (its own kernels) against the folder
 GREEDY = 12
 TEXT = ["The storm came in from the west, and the river rose 3.5 feet by 23:14.",
         "def add(a, b):\n    return a + b  # 日本語のテキスト, Ünïcödé, привет мир",
@@ -42,8 +43,11 @@ SPECS: dict[str, tuple[str, dict[str, Any], str, list[str], str | None]] = {
     # transformers' GGUF reader takes Qwen3's head_dim to be 128, as every Qwen3 has it
     "Qwen3ForCausalLM": ("qwen3", {"head_dim": 128, "tie_word_embeddings": True}, QWEN2_SPLIT,
                          ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "qwen2"),
-    "Gemma2ForCausalLM": ("gemma2", {"head_dim": 16}, "spm", ["<start_of_turn>", "<end_of_turn>"], None),
-    "Gemma3ForCausalLM": ("gemma3_text", {"head_dim": 16}, "spm",
+    # Gemma scales attention by query_pre_attn_scalar: head_dim (256) in the released 2B-12B
+    # models, which llama.cpp assumes and transformers' GGUF reader takes as given
+    "Gemma2ForCausalLM": ("gemma2", {"head_dim": 256, "query_pre_attn_scalar": 256}, "spm",
+                          ["<start_of_turn>", "<end_of_turn>"], None),
+    "Gemma3ForCausalLM": ("gemma3_text", {"head_dim": 256, "query_pre_attn_scalar": 256}, "spm",
                           ["<start_of_turn>", "<end_of_turn>"], None),
     "Phi3ForCausalLM": ("phi3", {"pad_token_id": 0}, "spm",
                         ["<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"], None),
@@ -173,6 +177,9 @@ def test_each_family_runs_in_llama_cpp_with_the_same_greedy_tokens(exported: Any
     llm = llamacpp.load(path, n_ctx=128, threads=1)
     try:
         assert llm.tokenize(PROBE.encode(), add_bos=False, special=True) == ids
+        got = torch.from_numpy(llamacpp.logits(llm, ids)).float()
+        diff = (got - logits(model, ids)).abs().max().item()
+        assert diff <= LLAMA_CPP_TOLERANCE, f"{arch} in llama.cpp: max logit difference {diff}"
         assert llamacpp.greedy(llm, ids, GREEDY) == check.greedy(model, ids, GREEDY)
     finally:
         llm.close()
@@ -319,3 +326,11 @@ def test_each_family_fine_tunes_and_exports_through_the_pipeline(
     figures = summary["check"]  # f16 of a model one step from random: near-ties, so no greedy check
     assert figures["tokenizer_agrees"] and figures["top_token_agreement"] == 1.0
     assert figures["max_abs_logit_diff"] <= 2.5 * F16_TOLERANCE, figures
+
+
+def test_a_gemma_attention_scale_llama_cpp_does_not_compute_ends_in_one_line(tmp_path: Path) -> None:
+    folder, base = tiny_family("Gemma2ForCausalLM", tmp_path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    model.config.query_pre_attn_scalar = 100
+    with pytest.raises(UserError, match=r"query_pre_attn_scalar 100 is neither head_dim \(256\)"):
+        write_gguf(folder, model, tokenizer, "f16", tmp_path / "x.gguf", "x", base=base)

@@ -63,6 +63,13 @@ def family(config: Any) -> str:
         named = f" ({arch})" if arch else ""
         raise UserError(f"the {config.model_type} architecture{named} cannot be exported; GGUF export "
                         f"supports {', '.join(sorted(set(FAMILIES.values())))}")
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    if arch.startswith("Gemma") and scalar not in (None, config.head_dim,
+                                                   config.hidden_size // config.num_attention_heads):
+        # llama.cpp scales Gemma's attention by 1/sqrt(head_dim) (hidden/heads for the 27B models)
+        raise UserError(f"{FAMILIES[arch]}: query_pre_attn_scalar {scalar} is neither head_dim "
+                        f"({config.head_dim}) nor hidden_size / num_attention_heads, which llama.cpp "
+                        "assumes; its GGUF would not compute what the model does")
     return arch
 
 
