@@ -25,6 +25,7 @@ from finetune.export.gguf import write_gguf
 from finetune.export.ollama import modelfile, read_template
 from finetune.models.loading import load_model, load_tokenizer, set_inference
 from finetune.paths import Paths
+from finetune.report.content import export_blocks
 from finetune.text.prompts import SAMPLING, inference
 from stages import export
 from tests.helpers import run_stage, tiny_params
@@ -154,6 +155,11 @@ def test_the_stage_writes_gguf_files_modelfile_and_measures_them(trained: tuple[
         assert figures["test"]["tokens"] == folder["tokens"] > 0
         assert figures["test"]["perplexity"] == pytest.approx(folder["perplexity"], rel=0.05), kind
     assert abs(types["f16"]["test"]["loss"] - folder["loss"]) < 1e-3
+    # and in the report, file by file
+    heading, intro, (kind, table) = export_blocks(summary)
+    assert heading == ("h2", "What each exported file costs (test split)") and kind == "table"
+    assert [row[0] for row in table[1:]] == ["tiny-q8_0.gguf", "tiny-f16.gguf"]
+    assert all(row[2] == f"{types[k]['test']['perplexity']:,.3f}" for row, k in zip(table[1:], types, strict=True))
     if llamacpp.available():  # and as llama.cpp computes it
         assert types["f16"]["llama_cpp_test"]["perplexity"] == pytest.approx(folder["perplexity"], rel=0.01)
 

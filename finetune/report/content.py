@@ -190,6 +190,27 @@ def model_table(ev: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def export_blocks(export: dict[str, Any]) -> list[Block]:
+    """What each GGUF file cost: the test split's perplexity of each, beside the fine-tuned
+    folder's, as transformers dequantises it and as llama.cpp runs it (where it was installed)."""
+    folder = export["finetuned_test"]["perplexity"]
+    rows = [["file", "size", "test perplexity", "change", "in llama.cpp", "greedy tokens as the folder's"]]
+    for t in export["types"].values():
+        ppl = t["test"]["perplexity"]
+        llama = t.get("llama_cpp_test", {}).get("perplexity")
+        rows.append([f"{Path(t['file']).name}", f"{t['bytes'] / 2**20:,.1f} MiB", f"{ppl:,.3f}",
+                     f"{ppl / folder - 1:+.2%}" if ppl and folder else "n/a",
+                     f"{llama:,.3f}" if llama is not None else "not run",
+                     f"{t['check']['greedy_agreement']:.0%}"])
+    lora = export.get("lora_adapter")
+    return [("h2", "What each exported file costs (test split)"),
+            ("p", f"The fine-tuned model's test perplexity is {folder:,.3f} "
+                  f"({export['finetuned_test']['tokens']:,} tokens); each GGUF file on the same tokens:"),
+            ("table", rows)] + ([("p", f"LoRA adapter: {Path(lora['file']).name} "
+                                      f"({lora['bytes'] / 2**20:,.1f} MiB, rank {lora['rank']}) over "
+                                      f"{Path(lora['base_file']).name}.")] if lora else [])
+
+
 def blocks(title: str, run: dict[str, Any], metrics: dict[str, Any], samples: list[dict[str, str]],
            plot: str, human: dict[str, Any] = NO_RATINGS, analysis: dict[str, Any] | None = None,
            sources_plot: str = "", sampling: dict[str, Any] | None = None) -> list[Block]:
@@ -207,6 +228,8 @@ def blocks(title: str, run: dict[str, Any], metrics: dict[str, Any], samples: li
     out += [("h2", "Base vs fine-tuned (test split)"), ("table", model_table(ev)),
             ("p", f"Both models scored on the same {ev['test_tokens']:,} test tokens.")]
     out += cost_blocks(ev)
+    if "export" in metrics:
+        out += export_blocks(metrics["export"])
     out += analysis_blocks(analysis or {}, sources_plot)
     out += [("h2", "Training"), ("table", [["", "value"], *[[k, _fmt(v)] for k, v in tr.items()]])]
     if plot:
@@ -349,7 +372,7 @@ def read_metrics(paths: Paths) -> tuple[dict[str, Any], dict[str, Any]]:
     summary (the base model's scoring for evaluate's): the report shows the run its figures came
     from, not whatever params.yaml says now."""
     metrics, run = {}, {}
-    for name in ("ingest", "clean", "split", "tokenize", "base_model"):
+    for name in ("ingest", "clean", "split", "tokenize", "base_model", "export"):
         path = paths.metrics / f"{name}.json"
         if path.exists():
             metrics[name] = read_json(path)
