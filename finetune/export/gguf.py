@@ -129,7 +129,11 @@ def converter_class(arch: str, kind: str, folder: Path, bos: bool, eot: int | No
 
         def set_vocab(self) -> None:
             super().set_vocab()
-            # said outright, so no runtime guesses whether to put BOS before a prompt training had none for
+            # said outright, so no runtime guesses whether to put BOS before a prompt training had none
+            # for: training's choice replaces what the tokenizer's files said
+            keys = gguf.Keys.Tokenizer
+            for key in [keys.ADD_BOS] + ([keys.EOT_ID] if eot is not None else []):
+                self.gguf_writer.kv_data[0].pop(key, None)
             self.gguf_writer.add_add_bos_token(bos)
             if eot is not None:
                 self.gguf_writer.add_eot_token_id(eot)
