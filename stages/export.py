@@ -50,7 +50,7 @@ def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
             files[kind] = checked_gguf(paths.finetuned, model, tokenizer, kind, tmp / name, export.name,
                                        paths.base_model, eot, test, paths.export / name)
         template = write_modelfile(tmp, f"{export.name}-{kinds[0]}.gguf", tokenizer, asking,
-                                   context_length(model.config))
+                                   context_length(model.config), paths.base_model)
         lora = (lora_bundle(paths.finetuned, paths.base_model, tokenizer, kinds[0], tmp / "lora",
                             paths.export / "lora", export.name, asking) if export.lora_adapter else None)
     main = files[kinds[0]]

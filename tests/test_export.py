@@ -16,7 +16,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
-from finetune.config.export import LIBRARY_TYPES
 from finetune.config.schema import Params
 from finetune.config.tokenize import TokenizeParams
 from finetune.errors import UserError
@@ -31,9 +30,8 @@ from stages import export
 from tests.helpers import run_stage, tiny_params
 
 # the largest absolute logit difference allowed per type, for these tiny models
-# (q5_0 and q4_0 keep the embedding and output head in q8_0)
-TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "bf16": 0.15, "q8_0": 0.25, "q5_0": 2.5, "q4_0": 4.0}
-GREEDY_SAME = ("f32", "f16")  # types whose 12 greedy tokens must match exactly (bf16: 8-bit mantissas)
+TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 0.25}
+GREEDY_SAME = ("f32", "f16")  # types whose 12 greedy tokens must match exactly
 
 
 def sha(path: Path) -> str:
@@ -82,7 +80,7 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
 
 
 @pytest.mark.slow  # reads each GGUF back through transformers' loader
-@pytest.mark.parametrize("kind", LIBRARY_TYPES)
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])  # every type: tests/test_gguf_families.py
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")

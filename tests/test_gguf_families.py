@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from finetune.config.export import LIBRARY_TYPES
 from finetune.errors import UserError
 from finetune.export import check, llamacpp
-from finetune.export.gguf import FAMILIES, LLAMA3_SPLIT, QWEN2_SPLIT, write_gguf
+from finetune.export.gguf import FAMILIES, FILE_TYPES, LLAMA3_SPLIT, QWEN2_SPLIT, write_gguf
 from finetune.gguf_files import gguf_module
 
 F16_TOLERANCE = 2e-2  # largest absolute logit difference, f16 weights of these tiny models
@@ -185,6 +186,31 @@ def test_each_family_runs_in_llama_cpp_with_the_same_greedy_tokens(exported: Any
         llm.close()
 
 
+# the largest absolute logit difference per type, for the tiny Llama (q5_0 and q4_0 keep the
+# embedding and output head in q8_0), and the types whose greedy tokens must be the same
+TYPE_TOLERANCE = {"f32": 1e-5, "f16": F16_TOLERANCE, "bf16": 0.15, "q8_0": 0.4, "q5_0": 2.5, "q4_0": 4.0}
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    folder, _ = tiny_family("LlamaForCausalLM", tmp_path_factory.mktemp("llama"))
+    return folder, AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", LIBRARY_TYPES)
+def test_every_library_type_reads_back_within_its_tolerance(llama: Any, tmp_path: Path, kind: str) -> None:
+    folder, model, tokenizer = llama
+    path = write_gguf(folder, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny").path
+    ftype = gguf_module().GGUFReader(path).fields["general.file_type"].contents()
+    assert ftype == getattr(gguf_module().LlamaFileType, FILE_TYPES[kind]).value
+    back, _ = check.read_back(path)
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
+    assert diff <= TYPE_TOLERANCE[kind], f"{kind}: max logit difference {diff}"
+    if kind in ("f32", "f16"):
+        assert check.greedy(model, ids, GREEDY) == check.greedy(back, ids, GREEDY)
+
+
 def test_a_sentencepiece_family_without_its_tokenizer_model_says_where_to_put_it(tmp_path: Path) -> None:
     folder, base = tiny_family("Gemma2ForCausalLM", tmp_path)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
@@ -279,6 +305,10 @@ def test_the_stage_ships_a_lora_run_as_base_gguf_plus_adapter(tmp_path: Path) ->
     shutil.move(folder, local.finetuned)
     shutil.move(base, local.base_model)
     tokenizer = AutoTokenizer.from_pretrained(local.finetuned)
+    # as Qwen's instruct models have it: a reply ends with <|im_end|> or <|endoftext|>
+    family = local.base_model / "generation_config.json"
+    ends = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    family.write_text(json.dumps({**json.loads(family.read_text()), "eos_token_id": ends}))
     write_json(dataclasses.asdict(inference(tokenizer, "chat", TokenizeParams())),
                local.finetuned / INFERENCE_FILE)
     ids = tokenizer(TEXT[0] + TEXT[2])["input_ids"]
@@ -295,7 +325,10 @@ def test_the_stage_ships_a_lora_run_as_base_gguf_plus_adapter(tmp_path: Path) ->
     assert adapter["file"] == str(lora / "tiny-lora.gguf") and adapter["rank"] == 4
     assert adapter["bytes"] < adapter["base_bytes"] / 3  # megabytes instead of the whole model
     assert summary["types"]["f16"]["test"]["tokens"] == len(ids) - 1
-    assert "ADAPTER" not in (local.export / "Modelfile").read_text()
+    main = (local.export / "Modelfile").read_text()
+    assert "ADAPTER" not in main
+    for text in (main, (lora / "Modelfile").read_text()):  # every stop token of the family
+        assert 'PARAMETER stop "<|im_end|>"\nPARAMETER stop "<|endoftext|>"\n' in text
 
 
 @pytest.mark.slow  # the pipeline's stages from base_model to export, on a tiny model of each family

@@ -5,6 +5,7 @@ with its own Modelfile."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -52,10 +53,22 @@ def checked_gguf(folder: Path, model: Any, tokenizer: Any, kind: str, path: Path
     return figures
 
 
+def family_stops(base: Path) -> list[int]:
+    """The tokens the base model's own generation config ends a reply with (Qwen's instruct
+    models: <|im_end|> and <|endoftext|>), which a fine-tune may still produce."""
+    path = Path(base) / "generation_config.json"
+    if not path.is_file():
+        return []
+    eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    return [int(i) for i in (eos if isinstance(eos, list) else [eos]) if i is not None]
+
+
 def write_modelfile(where: Path, gguf_name: str, tokenizer: Any, asking: Inference, context: int,
-                    adapter: str | None = None) -> str:
-    """where/Modelfile for `gguf_name` (and an ADAPTER line); how its template was found."""
-    defaults = SimpleNamespace(eos_token_id=asking.stop_token_ids, **asking.sampling)
+                    base: Path, adapter: str | None = None) -> str:
+    """where/Modelfile for `gguf_name` (and an ADAPTER line); how its template was found. Its
+    stop tokens: those the model was trained to end with, and the base family's own."""
+    stops = list(dict.fromkeys([*asking.stop_token_ids, *family_stops(base)]))
+    defaults = SimpleNamespace(eos_token_id=stops, **asking.sampling)
     text, template = modelfile(gguf_name, tokenizer, defaults, context)
     if adapter:
         text = text.replace(f"FROM ./{gguf_name}\n", f"FROM ./{gguf_name}\nADAPTER ./{adapter}\n")
@@ -80,7 +93,8 @@ def lora_bundle(folder: Path, base: Path, tokenizer: Any, kind: str, where: Path
     base_file = write_gguf(base, base_model, tokenizer, kind, where / base_name, f"{name}-base",
                            base=base, eot=eot_token(asking, tokenizer))
     adapter = write_lora_gguf(folder, base, base_model, where / adapter_name, f"{name}-lora")
-    write_modelfile(where, base_name, tokenizer, asking, context_length(base_model.config), adapter_name)
+    write_modelfile(where, base_name, tokenizer, asking, context_length(base_model.config), base,
+                    adapter_name)
     return {"base_file": str(shown / base_name), "base_bytes": base_file.path.stat().st_size,
             "file": str(shown / adapter_name), "bytes": adapter.path.stat().st_size,
             "tensors": adapter.tensors, "rank": adapter.rank, "alpha": adapter.alpha}

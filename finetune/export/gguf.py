@@ -163,7 +163,7 @@ def model_view(folder: Path, base: Path | None, arch: str, where: Path) -> Path:
 
 LLAMACPP_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
                    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
-INSTALL_LLAMACPP = "uv sync --group llamacpp (it compiles llama.cpp, about 15 minutes on 2 cores)"
+INSTALL_LLAMACPP = "uv sync --group llamacpp (it compiles llama.cpp, 5 to 15 minutes on 2 cores)"
 
 
 def llama_cpp_module(kind: str) -> Any:
