@@ -10,7 +10,8 @@ added here is small:
 - a SentencePiece family's `tokenizer.model`, which transformers no longer saves, is taken from
   the base model's folder;
 - `add_bos_token` said outright, as training did, and the chat turn's end token as EOT;
-- `q5_0` and `q4_0` with the gguf library's quantisers (the embedding and output head in q8_0).
+- `q5_0` and `q4_0` with the gguf library's quantisers (the embedding and output head in q8_0);
+- `q4_k_m`, `q5_k_m` and `q6_k` by llama.cpp's own quantiser from the converter's f16 file.
 
 The families tested here are in FAMILIES; the same folder and type give the same bytes."""
 
@@ -37,8 +38,8 @@ FAMILIES = {
     "Gemma2ForCausalLM": "Gemma 2", "Gemma3ForCausalLM": "Gemma 3",
     "Phi3ForCausalLM": "Phi-3", "GPT2LMHeadModel": "GPT-2",
 }
-# what a family's tokenizer.model (SentencePiece) is needed for; Llama's converter falls back
-# to tokenizer.json itself
+# families whose converter reads the SentencePiece tokenizer.model (Llama's and Mistral's read
+# tokenizer.json where it is missing)
 SENTENCEPIECE = {"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"}
 
 # tokenizer.json split rules -> llama.cpp's pre-tokenizer name, for tokenizers llama.cpp does
