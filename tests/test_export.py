@@ -80,7 +80,9 @@ def trained_in(mode: str, p: TokenizeParams, folder: Path, smollm2: Any) -> Any:
 
 
 @pytest.mark.slow  # reads each GGUF back through transformers' loader
-@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])  # every type: tests/test_gguf_families.py
+# f16 with SmolLM2's real tokenizer here; every type, each within its tolerance, on a tiny Llama
+# with a small tokenizer in tests/test_gguf_families.py (reading back 49,152 tokens costs seconds)
+@pytest.mark.parametrize("kind", ["f16"])
 def test_llama_export_reads_back_as_the_same_model(tiny_llama: Path, tmp_path: Path, kind: str) -> None:
     model, tokenizer = load_model(tiny_llama), load_tokenizer(tiny_llama)
     written = write_gguf(tiny_llama, model, tokenizer, kind, tmp_path / f"m-{kind}.gguf", "tiny")

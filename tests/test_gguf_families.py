@@ -204,6 +204,7 @@ def test_every_library_type_reads_back_within_its_tolerance(llama: Any, tmp_path
     ftype = gguf_module().GGUFReader(path).fields["general.file_type"].contents()
     assert ftype == getattr(gguf_module().LlamaFileType, FILE_TYPES[kind]).value
     back, _ = check.read_back(path)
+    assert back.config.num_key_value_heads == 2 and not back.config.tie_word_embeddings
     ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     diff = (logits(model, ids) - logits(back, ids)).abs().max().item()
     assert diff <= TYPE_TOLERANCE[kind], f"{kind}: max logit difference {diff}"
