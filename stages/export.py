@@ -16,7 +16,7 @@ from finetune.export.bundle import (
     eot_token,
     lora_bundle,
     require_adapter,
-    test_perplexity,
+    split_perplexity,
     write_modelfile,
 )
 from finetune.export.gguf import LLAMACPP_TYPES, llama_cpp_module
@@ -56,7 +56,7 @@ def run(export: ExportParams, paths: Paths = PATHS) -> dict[str, Any]:
     main = files[kinds[0]]
     return {**{k: main[k] for k in ("file", "bytes", "tensors", "parameters", "check")},
             "gguf_type": kinds[0], "ollama_template": template, "lora_adapter": lora,
-            "finetuned_test": test_perplexity(model, test, tokenizer, "finetuned"), "types": files}
+            "finetuned_test": split_perplexity(model, test, tokenizer, "finetuned"), "types": files}
 
 
 def main(argv: list[str] | None = None) -> None:

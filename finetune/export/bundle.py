@@ -25,7 +25,8 @@ CHECKED = ("f32", "f16", "bf16", "q8_0")  # types whose top tokens must match th
 BATCH = 8  # perplexity batches (the figure does not depend on it)
 
 
-def test_perplexity(model: Any, test: Any, tokenizer: Any, label: str) -> dict[str, Any]:
+def split_perplexity(model: Any, test: Any, tokenizer: Any, label: str) -> dict[str, Any]:
+    """The mean token loss and perplexity of a tokenized split (data/tokenized/test), on CPU."""
     loss = mean_token_loss(model, test, tokenizer, BATCH, "cpu", label)
     return {"loss": round(loss.mean, 6), "perplexity": perplexity(loss.mean), "tokens": loss.tokens}
 
@@ -47,7 +48,7 @@ def checked_gguf(folder: Path, model: Any, tokenizer: Any, kind: str, path: Path
                         f"({check}); please report this with the model's config.json")
     figures = {"file": str(shown), "bytes": path.stat().st_size, "tensors": written.tensors,
                "parameters": written.parameters, "check": check,
-               "test": test_perplexity(loaded, test, tokenizer, path.name)}
+               "test": split_perplexity(loaded, test, tokenizer, path.name)}
     if llamacpp.available():
         figures["llama_cpp_test"] = llamacpp.perplexity(path, test)
     return figures

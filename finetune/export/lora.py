@@ -57,7 +57,8 @@ def peft_pairs(adapter: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any]
 
 def write_lora_gguf(folder: Path, base: Path, model: Any, path: Path, name: str) -> Adapter:
     """models/finetuned/lora_adapter as a GGUF LoRA adapter over the GGUF of `base` (models/base,
-    loaded as `model` for its config); f16 matrices, f32 where a row is not whole f16 blocks."""
+    loaded as `model` for its config). Matrices in f16, or f32 where a row has fewer than 32
+    values or not a multiple of 32 (a low rank's B), which f16 would shrink by almost nothing."""
     import torch
 
     gguf = gguf_module()
