@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -184,7 +185,15 @@ def quantize(source: Path, kind: str, path: Path) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMACPP_FTYPES[kind])
     params.nthread = 1  # the same bytes on every machine
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), ctypes.byref(params)):
+    log = logging.getLogger("llama-cpp-python")  # where llama-cpp-python sends llama.cpp's log
+    level = log.level
+    log.setLevel(logging.ERROR)  # not a line per tensor: errors only
+    try:
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(),
+                                                ctypes.byref(params))
+    finally:
+        log.setLevel(level)
+    if failed:
         raise UserError(f"llama.cpp could not quantize {source.name} to {kind}")
 
 
