@@ -50,19 +50,16 @@ def hf_reference(model: Any, prompts: list[list[int]]) -> tuple[list[Any], list[
 def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logits: list[Any],
                     continuations: list[list[int]]) -> dict[str, Any]:
     import numpy as np
-    from llama_cpp import Llama
 
+    from finetune.export import llamacpp
     from finetune.export.check import same_prefix
 
-    llm = Llama(model_path=str(path), logits_all=True, verbose=False, n_ctx=512,
-                n_threads=os.cpu_count())
+    llm = llamacpp.load(path, n_ctx=512, threads=os.cpu_count() or 1)
     same_tokens = all(llm.tokenize(t.encode(), add_bos=False, special=True) == ids
                       for t, ids in zip(texts, prompts, strict=True))
     biggest, total, count = 0.0, 0.0, 0
     for ids, want in zip(prompts, logits, strict=True):
-        llm.reset()
-        llm.eval(ids)
-        diff = np.abs(np.array(llm.eval_logits) - want)
+        diff = np.abs(llamacpp.logits(llm, ids) - want)
         biggest = max(biggest, float(diff.max()))
         total, count = total + float(diff.sum()), count + diff.size
     llm.reset()
@@ -73,6 +70,7 @@ def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logi
         if len(got) == GREEDY:
             break
     speed = GREEDY / (time.perf_counter() - start)
+    llm.close()
     agree = same_prefix(got, continuations[0])
     return {"tokenizer_agrees": same_tokens, "max_abs_logit_diff": round(biggest, 6),
             "mean_abs_logit_diff": round(total / count, 6), "greedy_agreement": f"{agree}/{GREEDY}",
@@ -80,12 +78,10 @@ def llama_cpp_check(path: Path, texts: list[str], prompts: list[list[int]], logi
 
 
 def test_perplexity(model: Any, test: Any, tokenizer: Any) -> float | None:
-    import math
+    """The export stage's own figure (finetune.export.bundle.split_perplexity), or None."""
+    from finetune.export.bundle import split_perplexity
 
-    from finetune.scoring.loss import mean_token_loss
-
-    return None if test is None else round(math.exp(mean_token_loss(model, test, tokenizer, 8, "cpu",
-                                                                     "bench").mean), 4)
+    return None if test is None else round(split_perplexity(model, test, tokenizer, "bench")["perplexity"], 4)
 
 
 def bench(folder: Path, llama_cpp: bool = True, test_dir: Path | None = None) -> dict[str, Any]:

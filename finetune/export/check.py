@@ -59,11 +59,6 @@ def read_back(gguf_path: Path) -> tuple[Any, Any]:
         return model, AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
 
 
-def compare(gguf_path: Path, model: Any, tokenizer: Any) -> dict[str, Any]:
-    """The exported file, loaded by transformers, against the folder's model (compare_loaded)."""
-    return compare_loaded(*read_back(gguf_path), model, tokenizer)
-
-
 def compare_loaded(loaded: Any, loaded_tokenizer: Any, model: Any, tokenizer: Any) -> dict[str, Any]:
     """A GGUF file as transformers read it against the folder's model: the tokenizer on the
     check prompts, the largest and mean absolute logit difference over their tokens, the share
