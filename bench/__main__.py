@@ -119,12 +119,19 @@ def data_path(where: Path, megabytes: float, repeats: int, base: Path) -> dict[s
     shutil.rmtree(project)
     mb = size / 1e6
     return {"megabytes": round(mb, 1), "stage_seconds": {k: round(v, 2) for k, v in stages.items()},
-            "data_path_seconds": round(total, 2), "data_path_mb_s": round(mb / total, 2),
-            "data_path_tokens_s": round(tokens / total), "tokenize_mb_s": round(mb / stages["tokenize"], 2),
-            "raw_seconds": round(raw_s, 2), "raw_mb_s": round(mb / raw_s, 2),
+            "data_path_seconds": round(total, 2), "data_path_mb_s": significant(mb / total),
+            "data_path_tokens_s": round(tokens / total),
+            "tokenize_mb_s": significant(mb / stages["tokenize"]),
+            "raw_seconds": round(raw_s, 2), "raw_mb_s": significant(mb / raw_s),
             "raw_tokens_s": round(raw_tokens / raw_s),
-            "tokenize_vs_raw": round(raw_s / stages["tokenize"], 2),
-            "data_path_vs_raw": round(raw_s / total, 2), "peak_memory_gb": round(peak / 1e9, 2)}
+            "tokenize_vs_raw": significant(raw_s / stages["tokenize"]),
+            "data_path_vs_raw": significant(raw_s / total), "peak_memory_gb": round(peak / 1e9, 2)}
+
+
+def significant(value: float) -> float:
+    """Three significant digits: a ratio far below its target (a tiny --smoke corpus, where the
+    stage's start-up is most of its time) stays a figure instead of rounding to 0.0."""
+    return float(f"{value:.3g}")
 
 
 def sh(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
