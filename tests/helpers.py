@@ -196,17 +196,12 @@ def built_pipeline(top: Path) -> Path:
     return repo
 
 
-def clone_of(pipeline: Path, where: Path, share_cache: bool = True) -> Path:
-    """A clone of the built pipeline's repository with its outputs: checked out from the
-    pipeline's own DVC cache (shared, run cache included: a test's own copy of the run in a
-    second), or with `share_cache` off pulled into a cache of its own from the DVC remote, for
-    a test whose runs must not reach the others' run cache."""
-    sh(where.parent, "git", "clone", "-q", str(pipeline.parent / "origin.git"), str(where))
-    if share_cache:
-        sh(where, "dvc", "cache", "dir", "--local", str(pipeline / ".dvc" / "cache"))
-        sh(where, "dvc", "checkout", "-q")
-    else:
-        sh(where, "dvc", "remote", "modify", "--local", "storage", "url",
-           str(pipeline.parent / "dvc-storage"))
-        sh(where, "dvc", "pull", "-q")
+def clone_of(pipeline: Path, where: Path) -> Path:
+    """A copy of the built pipeline's repository as it stands after its run and push: the git
+    repository (its origin the same bare repository), the workspace with every output, and a DVC
+    cache and run cache of its own, so nothing a test runs reaches the others. A copy, not
+    `git clone` + `dvc checkout`: the same state in a tenth of a second instead of three DVC
+    commands (the teammate's real clone and pull is tests/test_pipeline.py's own test)."""
+    shutil.copytree(pipeline, where, symlinks=True,
+                    ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
     return where

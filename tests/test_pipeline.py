@@ -42,7 +42,7 @@ def project(pipeline: Path, tmp_path: Path) -> Path:
     return clone_of(pipeline, tmp_path / "project")
 
 
-def test_dvc_repro_end_to_end(pipeline: Path) -> None:
+def test_dvc_repro_end_to_end(pipeline: Path, tmp_path: Path) -> None:
     project = pipeline
     first = (project.parent / "first-repro.log").read_text()
     assert SECRET not in first
@@ -69,6 +69,7 @@ def test_dvc_repro_end_to_end(pipeline: Path) -> None:
     assert "/tokenized" in (project / "data" / ".gitignore").read_text()
     assert "/finetuned" in (project / "models" / ".gitignore").read_text()
 
+    project = clone_of(pipeline, tmp_path / "project")  # the built one is only read
     assert up_to_date(sh(project, "dvc", "status").stdout)
     assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS
 
@@ -80,8 +81,8 @@ def test_dvc_repro_end_to_end(pipeline: Path) -> None:
 
 def test_training_twice_with_the_same_seed_gives_identical_metrics(pipeline: Path,
                                                                    tmp_path: Path) -> None:
-    # a cache of its own: the forced rerun's timings must not reach the shared run cache
-    project = clone_of(pipeline, tmp_path / "project", share_cache=False)
+    # a cache of its own (clone_of): the forced rerun's timings reach no other test's run cache
+    project = clone_of(pipeline, tmp_path / "project")
     assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS, "a clone has it all"
     first = json.loads((project / "metrics" / "train_details.json").read_text())
     sh(project, "dvc", "repro", "--force", "--single-item", "train")
