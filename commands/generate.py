@@ -21,7 +21,7 @@ from typing import TextIO
 from finetune.cli import run_command
 from finetune.errors import UserError
 from finetune.generation import Generator, prompts
-from finetune.models.loading import pick_device
+from finetune.models.loading import local_model_dir, pick_device
 from finetune.paths import PATHS
 from finetune.text.prompts import (
     SAMPLING,
@@ -72,9 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
     from transformers.utils import logging as hf_logging
 
+    paths = [PATHS.base_model, PATHS.finetuned] if args.compare else [args.model]
+    for path in paths:
+        local_model_dir(path)  # a missing model says so at once, before torch is imported
     hf_logging.disable_progress_bar()  # a 1-second "Loading weights" bar per model says nothing
     device = pick_device(args.device, "--device")
-    paths = [PATHS.base_model, PATHS.finetuned] if args.compare else [args.model]
     generators = [Generator(path, args, device) for path in paths]
     for prompt in prompts(args, stdin, out):
         for generator in generators:

@@ -90,11 +90,14 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
     params, paths = trained
     keep = params.model_copy(update={"train": params.train.model_copy(
         update={"save_steps": 2, "keep_checkpoints": True})})
-    run_stage(train, keep, paths)
+    first = run_stage(train, keep, paths)
     assert sorted(c.name for c in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
     run_file = paths.checkpoints / trainer.RUN_FILE
     assert json.loads(run_file.read_text())["finished"], "kept, but never resumed"
-    assert run_stage(train, keep, paths)["resumed_from_step"] == 0  # a finished run: started afresh
+    again = run_stage(train, keep, paths)
+    assert again["resumed_from_step"] == 0  # a finished run: started afresh
+    for key in ("train_loss", "val_loss", "steps", "tokens"):  # trained twice, the same seed
+        assert again[key] == first[key], key
     changed = keep.model_copy(update={"train": keep.train.model_copy(
         update={"learning_rate": 5.0e-4})})
     unfinished = {"fingerprint": trainer.fingerprint(keep.seed, keep.train, paths)}
