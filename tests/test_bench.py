@@ -180,6 +180,7 @@ def servers_of(model: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow  # a server process, as tests/test_serve.py's
 def test_serve(tiny_base: Path, tmp_path: Path) -> None:
     """bench.serve: the real server on a loopback port, streamed through the openai client, then
     stopped: no process of it is left."""
@@ -214,6 +215,7 @@ def test_large_corpus(tmp_path: Path) -> None:
     assert "| tokenize |" in out.with_suffix(".md").read_text()
 
 
+@pytest.mark.slow  # every step of the GPU check in its own process, a killed train process among them
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     """`python -m bench.gpu --dry-run` runs every step of the GPU check on the CPU, seeing only
     the packages the device image has plus the wheels gpu_carry.sh carries."""
