@@ -10,13 +10,16 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING, Any
 
 from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+# pandas and pyarrow are imported where they are used: the inputs stage, which runs on every
+# `dvc repro`, writes JSON only and starts in half the time without them
 
 
 @contextmanager
@@ -62,19 +65,27 @@ def _existing(path: Path) -> Path:
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_parquet(_existing(path))
 
 
 def row_groups(path: Path) -> int:
     """How many row groups a Parquet file has: the unit the data stages stream by."""
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(_existing(path)).num_row_groups
 
 
 def parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(_existing(path)).metadata.num_rows
 
 
 def read_row_group(path: Path, index: int, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(path).read_row_group(index, columns=columns)
 
 
@@ -86,12 +97,16 @@ class ParquetSink:
     a whole corpus; `parquet_sink` makes it appear only when complete."""
 
     def __init__(self, path: Path, schema: pa.Schema, group_bytes: int | None = None) -> None:
+        import pyarrow.parquet as pq
+
         self.schema, self.group_bytes = schema, group_bytes or GROUP_BYTES
         self.writer = pq.ParquetWriter(path, schema)
         self.pending: list[pa.Table] = []
         self.pending_bytes = self.rows = 0
 
     def add(self, rows: pa.Table | list[dict[str, Any]]) -> None:
+        import pyarrow as pa
+
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, self.schema)
         self.pending.append(table.select(self.schema.names).cast(self.schema))
         self.pending_bytes += table.nbytes
@@ -100,6 +115,8 @@ class ParquetSink:
             self.flush()
 
     def flush(self) -> None:
+        import pyarrow as pa
+
         table = pa.concat_tables(self.pending).combine_chunks() if self.pending else None
         if table is not None and len(table):
             self.writer.write_table(table, row_group_size=len(table))
@@ -125,6 +142,8 @@ def parquet_sink(path: Path, schema: pa.Schema) -> Iterator[ParquetSink]:
 
 
 def string_schema(columns: Iterable[str]) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema([(name, pa.string()) for name in columns])
 
 
