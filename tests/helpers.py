@@ -110,6 +110,11 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def stale(project: Path, *targets: str) -> set[str]:
+    """The stages `dvc status` names: what a `dvc repro` would run next."""
+    return set(re.findall(r"^(\w+):$", sh(project, "dvc", "status", *targets).stdout, re.MULTILINE))
+
+
 def up_to_date(status: str) -> bool:
     """`dvc status` with nothing to rerun: only the inputs stage, which always runs."""
     return status.split() == ["inputs:", "always", "changed"]

@@ -35,6 +35,13 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 RESUMABLE = {"save_steps": 2}  # the tiny project's run (8 steps, evaluated every 4), checkpointed
+SAME_RUN = ("train_loss", "val_loss", "steps", "tokens")  # what two runs of one training share
+
+
+def evaluated_steps(project: Path) -> list[str]:
+    """The steps of the validation losses DVCLive logged, in order."""
+    log = project / PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv"
+    return [line.split("\t")[0] for line in log.read_text().splitlines()[1:]]
 
 
 def kill_when(process: subprocess.Popen, ready: callable, timeout: float = 300) -> None:
@@ -63,8 +70,7 @@ def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
         resumable: Path) -> None:
     uninterrupted = json.loads((resumable / PATHS.details_file("train")).read_text())
     assert uninterrupted["resumed_from_step"] == 0 and uninterrupted["steps"] == 8
-    eval_log = (resumable / PATHS.train_log / "plots" / "metrics" / "eval" / "loss.tsv")
-    evaluated = [line.split("\t")[0] for line in eval_log.read_text().splitlines()[1:]]
+    evaluated = evaluated_steps(resumable)
     assert evaluated[:3] == ["0", "4", "8"], evaluated
     checkpoints = resumable / PATHS.checkpoints
     env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -80,9 +86,8 @@ def test_killed_dvc_repro_resumes_training_and_ends_like_an_uninterrupted_run(
     after_resume = json.loads((resumable / PATHS.details_file("train")).read_text())
     assert after_resume["resumed_from_step"] == step and after_resume["steps"] == 8
     assert not checkpoints.exists(), "train.keep_checkpoints is false: removed after the run"
-    assert [line.split("\t")[0] for line in eval_log.read_text().splitlines()[1:]] == \
-        evaluated, "the log holds the steps before the checkpoint too, once each"
-    for key in ("train_loss", "val_loss", "steps", "tokens"):
+    assert evaluated_steps(resumable) == evaluated, "the steps before the checkpoint too, once each"
+    for key in SAME_RUN:
         assert after_resume[key] == uninterrupted[key], key
 
 
@@ -96,7 +101,7 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
     assert json.loads(run_file.read_text())["finished"], "kept, but never resumed"
     again = run_stage(train, keep, paths)
     assert again["resumed_from_step"] == 0  # a finished run: started afresh
-    for key in ("train_loss", "val_loss", "steps", "tokens"):  # trained twice, the same seed
+    for key in SAME_RUN:  # trained twice, the same seed
         assert again[key] == first[key], key
     changed = keep.model_copy(update={"train": keep.train.model_copy(
         update={"learning_rate": 5.0e-4})})

@@ -29,6 +29,7 @@ from tests.helpers import (
     set_learning_rate,
     sh,
     stages_run,
+    stale,
     tree_bytes,
     up_to_date,
 )
@@ -87,8 +88,7 @@ def test_a_params_combination_that_already_ran_comes_from_the_run_cache(project:
     # what a `dvc repro` would run next)
     set_learning_rate(project, 2.5e-3)
     assert stages_run(sh(project, "dvc", "repro", "train").stdout) == {*ALWAYS, "train"}
-    stale = re.findall(r"^(\w+):$", sh(project, "dvc", "status").stdout, re.MULTILINE)
-    assert set(stale) == {*ALWAYS, "evaluate", "export", "report"}, stale
+    assert stale(project) == {*ALWAYS, "evaluate", "export", "report"}
     set_learning_rate(project, before)  # back to a combination that ran: nothing trains
     restored = sh(project, "dvc", "repro").stdout
     assert "Stage 'train' is cached - skipping run, checking out outputs" in restored
@@ -265,8 +265,8 @@ def test_your_own_folder_is_tracked_file_by_file_and_reruns_only_what_reads_it(p
     ran = stages_run(sh(project, "dvc", "repro", "tokenize").stdout)
     assert ran == {"inputs", "ingest", "clean", "split", "scratch_texts", "tokenize"}, ran
     assert json.loads((project / "metrics" / "tokenize.json").read_text())["train"]["tokens"] != tokens
-    stale = re.findall(r"^(\w+):$", sh(project, "dvc", "status").stdout, re.MULTILINE)
-    assert "base_model" not in stale and {"train", "evaluate_base"} <= set(stale), stale
+    waiting = stale(project)
+    assert "base_model" not in waiting and {"train", "evaluate_base"} <= waiting, waiting
 
     (mine / "field-notes-on-small-rivers.md").unlink()  # and a reference text changes
     reference = project / "data" / "reference" / "how-bread-rises.md"
