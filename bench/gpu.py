@@ -435,7 +435,7 @@ class Check:
 
     def qlora(self) -> dict[str, Any]:
         from finetune.config.train import TrainParams
-        from finetune.training.trainer import check_method
+        from finetune.training.runs import check_method
 
         check_method(TrainParams(method="qlora"))  # one line when bitsandbytes cannot run here
         self.llama()

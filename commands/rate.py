@@ -14,7 +14,7 @@ import argparse
 import random
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from finetune.cli import run_command
 from finetune.errors import UserError
@@ -48,7 +48,11 @@ def run(args: argparse.Namespace, read: TextIO = sys.stdin, write: TextIO = sys.
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    result = run_command("rate", lambda: run(args), interrupted="\nrate: stopped; nothing written")
+    run_command("rate", lambda: say_result(args, run(args)),
+                interrupted="\nrate: stopped; nothing written")
+
+
+def say_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
     rated = len(result["ratings"]) - result["skipped"]
     line = (f"\nrate: fine-tuned preferred {result['finetuned_wins']}, base {result['base_wins']}, "
             f"ties {result['ties']}, skipped {result['skipped']} ({rated} rated)")

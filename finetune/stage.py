@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from finetune.cli import exit_now, running_as
 from finetune.config.loading import Key, load
 from finetune.errors import UserError
 from finetune.files import write_json
@@ -124,7 +125,8 @@ def stage_main(
     """The thin CLI every stage shares: --params; the params.yaml keys run() takes (its
     parameters, named as in params.yaml) validated before any work, and only those; one-line
     user errors with exit 1; the summary, with the params it ran with unless `record_params` is
-    off, written to metrics/<stage>.json (write_summary) and printed."""
+    off, written to metrics/<stage>.json (write_summary) and printed. Run as `python -m
+    stages.<name>`, the process then ends without the interpreter's teardown (exit_now)."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     args = parser.parse_args(argv)
@@ -151,3 +153,5 @@ def stage_main(
     if write_metrics:
         write_summary(metrics_name or name, summary, figures=figures)
     print(_summary_line(name, summary, time.perf_counter() - started))
+    if running_as(f"stages.{name}"):  # as dvc repro runs it: its outputs are written
+        exit_now(0)

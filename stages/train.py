@@ -25,15 +25,18 @@ HEADLINE = {"val_loss": ("val_loss",), "tokens_per_second": ("tokens_per_second"
 def run(seed: Seed, train: TrainParams, paths: Paths = PATHS,
         params_file: str = "params.yaml") -> dict[str, Any]:
     # imported here, after stage_main has checked the params: a bad value fails in a second, not
-    # after the seconds that transformers' Trainer (and peft, which it imports) take to load
-    from finetune.training.trainer import RESUME_ENV, check_method, launch, resume_for, train_model
+    # after the seconds that transformers' Trainer (and peft, which it imports) take to load; the
+    # torchrun launcher never loads them
+    from finetune.training.runs import RESUME_ENV, check_method, launch, resume_for
 
     check_method(train)
+    if train.num_processes > 1 and RESUME_ENV not in os.environ:
+        return launch(seed, train, paths, params_file)
+    from finetune.training.trainer import train_model
+
     if RESUME_ENV in os.environ:  # a torchrun worker: the launcher chose the checkpoint
         resume = os.environ.get(RESUME_ENV)
         return train_model(seed, train, paths, Path(resume) if resume else None)
-    if train.num_processes > 1:
-        return launch(seed, train, paths, params_file)
     return train_model(seed, train, paths, resume_for(seed, train, paths))
 
 

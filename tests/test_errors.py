@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -97,3 +98,29 @@ def test_no_user_error_message_starts_with_a_stage_name() -> None:
                         and names_a_stage(leading_text(node.args[0]))):
                     found.add(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
     assert not found, sorted(found)
+
+
+def test_a_finished_process_ends_as_the_interpreter_would_without_its_teardown(tmp_path: Path) -> None:
+    """exit_now, which ends stages and console scripts once their work is done: the threads that
+    are not daemons finish, the atexit handlers run, what was printed but not flushed comes out,
+    and the exit code is the one given; as `python -m <module>`, running_as says so."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ender.py").write_text(
+        "import atexit, sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from finetune.cli import exit_now, running_as\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    Path('thread.txt').write_text('done')\n"
+        "threading.Thread(target=late).start()\n"
+        "atexit.register(lambda: Path('atexit.txt').write_text('ran'))\n"
+        "sys.stdout.write(f'unflushed {running_as(\"ender\")} {running_as(\"other\")}')\n"
+        "exit_now(3)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    ended = subprocess.run([sys.executable, "-m", "ender"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert (ended.returncode, ended.stdout) == (3, "unflushed True False"), ended.stderr
+    assert (tmp_path / "thread.txt").read_text() == "done"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"

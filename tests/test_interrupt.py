@@ -17,7 +17,7 @@ import yaml
 
 from finetune.config.schema import Params
 from finetune.paths import PATHS
-from finetune.training import trainer
+from finetune.training import runs
 from stages import clean, ingest, tokenize, train
 from tests.helpers import (
     BIN,
@@ -97,7 +97,7 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
         update={"save_steps": 2, "keep_checkpoints": True})})
     first = run_stage(train, keep, paths)
     assert sorted(c.name for c in paths.checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
-    run_file = paths.checkpoints / trainer.RUN_FILE
+    run_file = paths.checkpoints / runs.RUN_FILE
     assert json.loads(run_file.read_text())["finished"], "kept, but never resumed"
     again = run_stage(train, keep, paths)
     assert again["resumed_from_step"] == 0  # a finished run: started afresh
@@ -105,14 +105,14 @@ def test_checkpoints_of_another_run_are_not_resumed(trained: tuple[Params, objec
         assert again[key] == first[key], key
     changed = keep.model_copy(update={"train": keep.train.model_copy(
         update={"learning_rate": 5.0e-4})})
-    unfinished = {"fingerprint": trainer.fingerprint(keep.seed, keep.train, paths)}
+    unfinished = {"fingerprint": runs.fingerprint(keep.seed, keep.train, paths)}
     run_file.write_text(json.dumps(unfinished))
     summary = run_stage(train, changed, paths)
     assert summary["resumed_from_step"] == 0  # other params: started afresh
-    changed_id = trainer.fingerprint(changed.seed, changed.train, paths)
+    changed_id = runs.fingerprint(changed.seed, changed.train, paths)
     run_file.write_text(json.dumps({"fingerprint": changed_id}))
-    (paths.checkpoints / "checkpoint-4" / trainer.COMPLETE).unlink()  # as if killed mid-save
-    assert trainer.resume_point(paths.checkpoints, changed_id) is None
+    (paths.checkpoints / "checkpoint-4" / runs.COMPLETE).unlink()  # as if killed mid-save
+    assert runs.resume_point(paths.checkpoints, changed_id) is None
     assert not (paths.checkpoints / "checkpoint-4").exists() and run_file.is_file()
     run_stage(train, params, paths)
     assert not paths.checkpoints.exists()

@@ -34,6 +34,12 @@ def pick_precision(preference: str, device: str) -> str:
     return preference
 
 
+def compute_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def local_model_dir(path: Path) -> Path:
     """A local model directory; a missing one must not fall through to a hub download."""
     if not (Path(path) / "config.json").is_file():
