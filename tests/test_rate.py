@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune.data.preferences import rated_pairs
 from finetune.report import content
 from finetune.report.ratings import NO_RATINGS, current, samples_hash, summarise, unblind, wilson
 from tests.helpers import ROOT
@@ -56,6 +57,11 @@ def test_piped_answers_are_recorded_unblinded(tmp_path: Path) -> None:
     assert result["samples_hash"] == samples_hash(SAMPLES) and result["skipped"] == 1
     assert result["ties"] == 1 and result["finetuned_wins"] + result["base_wins"] == 1
     assert "rate: fine-tuned preferred" in done.stdout and "win rate" in done.stdout
+    # the file keeps the texts judged: the one rated prompt (not the tie, not the skip) is a pair
+    other = "base" if b_of_first == "finetuned" else "finetuned"
+    assert rated_pairs(result) == [{"prompt": [{"role": "user", "content": "Prompt 0"}],
+                                    "chosen": {"role": "assistant", "content": SAMPLES[0][b_of_first]},
+                                    "rejected": {"role": "assistant", "content": SAMPLES[0][other]}}]
 
 
 def test_input_that_ends_early_keeps_what_was_rated(tmp_path: Path) -> None:

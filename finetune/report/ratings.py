@@ -1,8 +1,9 @@
 """Blind A/B ratings of the sample generations (`uv run rate`), and their summary for the report.
 
 metrics/human_eval.json holds the choices unblinded, the counts, the fine-tuned model's win rate
-with a 95 % Wilson interval, and the hash of the metrics/samples.json that was judged: ratings of
-other samples (an older model) are never shown as ratings of the current ones."""
+with a 95 % Wilson interval, and the metrics/samples.json that was judged, with its hash: ratings
+of other samples (an older model) are never shown as ratings of the current ones, and each choice
+stays tied to the texts it chose between (finetune.data.preferences makes pairs of them)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def summarise(samples: list[dict[str, str]], ratings: list[dict[str, Any]]) -> d
     preferred = [r["preferred"] for r in ratings]
     wins, losses = preferred.count("finetuned"), preferred.count("base")
     interval = wilson(wins, wins + losses)
-    return {"samples_hash": samples_hash(samples), "ratings": ratings,
+    return {"samples_hash": samples_hash(samples), "samples": samples, "ratings": ratings,
             "finetuned_wins": wins, "base_wins": losses, "ties": preferred.count("tie"),
             "skipped": preferred.count(None),
             "win_rate": round(wins / (wins + losses), 4) if wins + losses else None,

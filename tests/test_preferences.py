@@ -1,0 +1,148 @@
+"""Preference pairs (finetune.data.preferences): every format people have gives the same pair,
+and each bad record fails with its reason; ratings become pairs only while they match the
+samples they judged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune.config.split import SplitParams
+from finetune.data.inputs import BadInput
+from finetune.data.preferences import PairError, RatingsNotUsable, file_pairs, pair, rated_pairs, split_pairs
+from finetune.report.ratings import summarise
+
+Q = "My parcel FH-1003 has not arrived."
+GOOD = "Sorry about that: FH-1003 left our depot on Monday; here is the tracking link."
+BAD = "Not my problem."
+SYSTEM = "You are the support assistant of Fernhill Gardens."
+ONE = {"prompt": [{"role": "user", "content": Q}],
+       "chosen": {"role": "assistant", "content": GOOD},
+       "rejected": {"role": "assistant", "content": BAD}}
+WITH_SYSTEM = {**ONE, "prompt": [{"role": "system", "content": SYSTEM}, *ONE["prompt"]]}
+
+
+def conv(*turns: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+FORMATS = {
+    "trl strings": ({"prompt": Q, "chosen": GOOD, "rejected": BAD}, ONE),
+    "trl explicit messages": ({"prompt": conv(("user", Q)), "chosen": conv(("assistant", GOOD)),
+                               "rejected": conv(("assistant", BAD))}, ONE),
+    "trl implicit prompt": ({"chosen": conv(("system", SYSTEM), ("user", Q), ("assistant", GOOD)),
+                             "rejected": conv(("system", SYSTEM), ("user", Q), ("assistant", BAD))},
+                            WITH_SYSTEM),
+    "sharegpt": ({"conversations": [{"from": "human", "value": Q}], "system": SYSTEM,
+                  "chosen": {"from": "gpt", "value": GOOD}, "rejected": {"from": "gpt", "value": BAD}},
+                 WITH_SYSTEM),
+    "paired message lists, text parts": (
+        {"chosen_messages": [{"role": "user", "content": [{"type": "text", "text": Q}]},
+                             {"role": "assistant", "content": [{"type": "text", "text": GOOD}]}],
+         "rejected_messages": [{"role": "user", "content": [{"type": "text", "text": Q}]},
+                               {"role": "assistant", "content": BAD}]}, ONE),
+    "openai preference jsonl": ({"input": {"messages": conv(("user", Q))},
+                                 "preferred_output": conv(("assistant", GOOD)),
+                                 "non_preferred_output": conv(("assistant", BAD))}, ONE),
+    "a list as a table cell's json": ({"prompt": json.dumps(conv(("user", Q))), "chosen": GOOD,
+                                       "rejected": BAD}, ONE),
+}
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_format_gives_the_same_pair(name: str) -> None:
+    record, expected = FORMATS[name]
+    assert pair(record) == expected
+
+
+def test_a_multi_turn_prompt_keeps_its_turns_and_openai_tools() -> None:
+    tools = [{"type": "function", "function": {"name": "track", "parameters": {}}}]
+    record = {"input": {"messages": conv(("user", "Hi"), ("assistant", "Hello!"), ("user", Q)),
+                        "tools": tools},
+              "preferred_output": [{"role": "assistant", "content": GOOD}],
+              "non_preferred_output": [{"role": "assistant", "content": BAD}]}
+    got = pair(record)
+    assert [m["role"] for m in got["prompt"]] == ["user", "assistant", "user"]
+    assert got["tools"] == tools and got["chosen"]["content"] == GOOD
+
+
+BAD_RECORDS = {
+    "identical": ({"prompt": Q, "chosen": GOOD, "rejected": GOOD}, "identical"),
+    "no assistant turn": ({"chosen": conv(("user", Q)), "rejected": conv(("user", Q))},
+                          "no_assistant_turn"),
+    "prompts differ": ({"chosen_messages": conv(("user", Q), ("assistant", GOOD)),
+                        "rejected_messages": conv(("user", "Another question"), ("assistant", BAD))},
+                       "prompts_differ"),
+    "empty reply": ({"prompt": Q, "chosen": GOOD, "rejected": "  "}, "empty_content"),
+    "two replies": ({"prompt": Q, "chosen": conv(("assistant", GOOD), ("user", "ok?")),
+                     "rejected": BAD}, "not_one_reply"),
+    "prompt ends with the assistant": ({"prompt": conv(("user", Q), ("assistant", GOOD)),
+                                        "chosen": GOOD, "rejected": BAD}, "no_prompt"),
+    "strings without a prompt": ({"chosen": GOOD, "rejected": BAD}, "no_prompt"),
+    "no pair at all": ({"messages": conv(("user", Q), ("assistant", GOOD))}, "missing_field"),
+    "unpaired (kto)": ({"messages": conv(("user", Q), ("assistant", GOOD)), "label": True},
+                       "unpaired"),
+    "unknown role": ({"prompt": [{"role": "narrator", "content": Q}], "chosen": GOOD,
+                      "rejected": BAD}, "unknown_role"),
+    "not an object": (["chosen", "rejected"], "not_an_object"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RECORDS)
+def test_each_bad_record_fails_with_its_reason(name: str) -> None:
+    record, reason = BAD_RECORDS[name]
+    with pytest.raises(PairError) as e:
+        pair(record)
+    assert e.value.reason == reason and "\n" not in str(e.value)
+
+
+SAMPLES = [{"prompt": f"Prompt {i}", "base": f"base text {i}", "finetuned": f"tuned text {i}",
+            "base_sampled": "-", "finetuned_sampled": "-"} for i in range(4)]
+RATINGS = [{"prompt": "Prompt 0", "a": "base", "choice": "B", "preferred": "finetuned"},
+           {"prompt": "Prompt 1", "a": "base", "choice": "A", "preferred": "base"},
+           {"prompt": "Prompt 2", "a": "finetuned", "choice": "tie", "preferred": "tie"},
+           {"prompt": "Prompt 3", "a": "base", "choice": "skip", "preferred": None}]
+
+
+def test_ratings_become_pairs_without_ties_or_skips() -> None:
+    pairs = rated_pairs(summarise(SAMPLES, RATINGS))
+    assert [(p["prompt"][0]["content"], p["chosen"]["content"], p["rejected"]["content"])
+            for p in pairs] == [("Prompt 0", "tuned text 0", "base text 0"),
+                                ("Prompt 1", "base text 1", "tuned text 1")]
+    assert rated_pairs({"samples_hash": None, "ratings": []}) == []  # what the project ships
+
+
+def test_ratings_that_no_longer_match_their_samples_give_no_pair() -> None:
+    edited = summarise(SAMPLES, RATINGS)
+    edited["samples"][1]["base"] = "a text nobody judged"
+    with pytest.raises(RatingsNotUsable, match="no longer match"):
+        rated_pairs(edited)
+    older = {k: v for k, v in summarise(SAMPLES, RATINGS).items() if k != "samples"}
+    with pytest.raises(RatingsNotUsable, match="rate again"):
+        rated_pairs(older)
+
+
+def test_a_file_gives_its_pairs_and_names_each_bad_line(tmp_path) -> None:
+    lines = [json.dumps({"prompt": Q, "chosen": GOOD, "rejected": BAD}), "",
+             json.dumps({"prompt": Q, "chosen": GOOD, "rejected": GOOD}), "{not json"]
+    path = tmp_path / "prefs.jsonl"
+    got = list(file_pairs(path, "\n".join(lines).encode()))
+    assert got[0] == ("line 1", ONE)
+    assert [(where, bad.reason, bad.where) for where, bad in got[1:]] == [
+        ("line 3", "identical", "line 3"), ("line 4", "invalid_json", "line 4")]
+    with pytest.raises(BadInput, match="not .csv"):
+        list(file_pairs(tmp_path / "prefs.csv", b"a,b\n"))
+
+
+def test_pairs_that_share_a_prompt_share_a_split() -> None:
+    pairs = [{"prompt": [{"role": "user", "content": f"question {i % 40}"}],
+              "chosen": {"role": "assistant", "content": f"good {i}"},
+              "rejected": {"role": "assistant", "content": f"bad {i}"}} for i in range(120)]
+    splits = split_pairs(pairs, SplitParams(), seed=42)
+    assert splits == split_pairs(pairs, SplitParams(), seed=42)
+    by_prompt: dict[str, set[str]] = {}
+    for p, s in zip(pairs, splits, strict=True):
+        by_prompt.setdefault(p["prompt"][0]["content"], set()).add(s)
+    assert all(len(s) == 1 for s in by_prompt.values())
+    assert {s: splits.count(s) for s in ("train", "val", "test")} == {"train": 96, "val": 12, "test": 12}
