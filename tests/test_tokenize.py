@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +24,7 @@ from finetune.models.loading import load_tokenizer
 from finetune.paths import PATHS, SPLITS, Paths
 from finetune.text import packing, tokenized
 from stages import tokenize
-from tests.helpers import run_data_stages, run_stage, tiny_params
+from tests.helpers import ROOT, run_data_stages, run_stage, tiny_params
 
 
 def test_documents_are_joined_with_eos_and_packed_into_full_blocks() -> None:
@@ -234,3 +238,35 @@ def test_too_little_examples_for_the_models_context_says_so(tmp_path: Path, pair
         run_data_stages(params, PATHS.under(tmp_path))
     assert re.search(r"; no block size up to the model's context of 16 tokens keeps one: the shortest "
                      r"pair of the \w+ split needs \d+; add shorter pairs$", str(err.value)), err.value
+
+
+def test_a_plain_tokenizer_and_the_context_load_as_transformers_would_without_torch(
+        trained: tuple[Params, Paths], smollm2_tokenizer: Any, tmp_path: Path) -> None:
+    """tokenize loads a plain tokenizer (tokenizer.json alone: GPT-2's, SmolLM2's) as the very
+    class and state AutoTokenizer gives, and reads the context from config.json, both without
+    importing torch; a config naming the context twice is left to transformers."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from finetune.models.loading import context_length, saved_context_length
+
+    base = trained[1].base_model
+    smollm2 = tmp_path / "smollm2"
+    shutil.copytree(base, smollm2)  # the tiny model's config, with SmolLM2's tokenizer
+    smollm2_tokenizer.save_pretrained(smollm2)
+    for folder in (base, smollm2):
+        ours, theirs = load_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+        assert type(ours) is type(theirs)
+        assert {k: repr(v) for k, v in vars(ours).items()} == {k: repr(v) for k, v in vars(theirs).items()}
+        assert ours.backend_tokenizer.to_str() == theirs.backend_tokenizer.to_str()
+    assert saved_context_length(base) == context_length(AutoConfig.from_pretrained(base))
+    config = json.loads((base / "config.json").read_text())
+    twice = tmp_path / "twice"
+    shutil.copytree(base, twice)
+    (twice / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    assert saved_context_length(twice) == context_length(AutoConfig.from_pretrained(twice))
+    probe = ("import sys\nfrom finetune.models.loading import load_tokenizer, saved_context_length\n"
+             f"load_tokenizer({str(base)!r}); saved_context_length({str(base)!r})\n"
+             "assert 'torch' not in sys.modules, 'torch imported'\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,6 +3,7 @@ saving a model folder that answers as it was trained."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,10 +73,48 @@ def load_model(path: Path, device: str = "cpu", attention: str = "sdpa") -> Any:
     return model.to(device)
 
 
+# What tokenizer_config.json names when the tokenizer is tokenizer.json itself, with no class of
+# its own (SmolLM2's, GPT-2's as transformers 5 saves them): PreTrainedTokenizerFast is that class.
+PLAIN_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def _saved(folder: Path, name: str) -> dict[str, Any]:
+    try:
+        value = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of a local model folder, no remote code. A plain one loads as the class
+    AutoTokenizer would pick for it, without AutoTokenizer, which imports torch (seconds) even
+    where nothing else needs it, as in tokenize."""
+    folder = local_model_dir(path)
+    if _saved(folder, "tokenizer_config.json").get("tokenizer_class") in PLAIN_TOKENIZERS:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(folder)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(local_model_dir(path), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def saved_context_length(path: Path) -> int:
+    """context_length of a local model folder's config: read from config.json where it names
+    exactly one of the keys (the value the config class gives too), else from the config
+    transformers builds (aliases, defaults of its class)."""
+    folder = local_model_dir(path)
+    raw = _saved(folder, "config.json")
+    found = [raw[k] for k in CONTEXT_KEYS if k in raw]
+    if len(found) == 1 and isinstance(found[0], int) and not isinstance(found[0], bool) and found[0] > 0:
+        return found[0]
+    from transformers import AutoConfig
+
+    return context_length(AutoConfig.from_pretrained(folder))
 
 
 def context_length(config: Any) -> int:

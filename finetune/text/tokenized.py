@@ -17,7 +17,7 @@ from finetune.config.tokenize import TokenizeParams
 from finetune.data import conversations
 from finetune.errors import UserError
 from finetune.files import parquet_rows, read_row_group, row_groups
-from finetune.models.loading import context_length
+from finetune.models.loading import saved_context_length
 from finetune.paths import SPLITS, Paths
 from finetune.text.packing import Packer, pack_examples, token_rows, token_stream
 from finetune.text.prompts import (
@@ -273,9 +273,7 @@ def encoder(mode: str, p: TokenizeParams, on_error: str, tokenizer: Any) -> Any:
 
 def model_context(base_model: Path) -> int:
     """The base model's context, in tokens: the most `tokenize.block_size` can be."""
-    from transformers import AutoConfig
-
-    return context_length(AutoConfig.from_pretrained(base_model))
+    return saved_context_length(base_model)
 
 
 def check_block_size(block_size: int, base_model: Path) -> None:
