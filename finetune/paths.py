@@ -21,6 +21,7 @@ class Paths:
     clean: Path = Path("data/interim/clean.parquet")
     processed: Path = Path("data/processed")
     tokenized: Path = Path("data/tokenized")
+    preferences: Path = Path("data/preferences")  # preference pairs, split (preference_data)
     base_model: Path = Path("models/base")
     finetuned: Path = Path("models/finetuned")
     export: Path = Path("models/export")
@@ -46,8 +47,9 @@ class Paths:
         return self.metrics / "human_eval.json"
 
     def inputs_file(self, name: str) -> Path:
-        """The files `ingest.paths` (name "ingest") or `evaluate.reference_paths` ("reference")
-        name, with their hashes (stages/inputs.py): the stage that reads them depends on it."""
+        """The files `ingest.paths` (name "ingest"), `evaluate.reference_paths` ("reference") or
+        `preference.paths` ("preference") name, with their hashes (stages/inputs.py): the stage
+        that reads them depends on it."""
         return self.ingested.parent / "inputs" / f"{name}.json"
 
     def details_file(self, name: str) -> Path:
@@ -56,6 +58,10 @@ class Paths:
 
     def split_file(self, split: str) -> Path:
         return self.processed / f"{split}.parquet"
+
+    def pairs_file(self, split: str) -> Path:
+        """One split's preference pairs, one JSON object per line (finetune.data.preferences)."""
+        return self.preferences / f"{split}.jsonl"
 
     @property
     def inference_file(self) -> Path:

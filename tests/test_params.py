@@ -51,7 +51,7 @@ def test_dvc_yaml_paths_match_the_declared_paths() -> None:
     assert f"/{PATHS.checkpoints}/" in (ROOT / ".gitignore").read_text().splitlines()
     declared = {str(getattr(PATHS, f.name)) for f in dataclasses.fields(PATHS)} - {
         "metrics", "reports", str(PATHS.checkpoints)} | {
-        str(PATHS.inputs_file(name)) for name in ("ingest", "reference")}
+        str(PATHS.inputs_file(name)) for name in ("ingest", "reference", "preference")}
 
     def names(stage: dict, *kinds: str) -> set[str]:
         return {next(iter(e)) if isinstance(e, dict) else e

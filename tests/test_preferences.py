@@ -5,6 +5,8 @@ samples they judged."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +148,77 @@ def test_pairs_that_share_a_prompt_share_a_split() -> None:
         by_prompt.setdefault(p["prompt"][0]["content"], set()).add(s)
     assert all(len(s) == 1 for s in by_prompt.values())
     assert {s: splits.count(s) for s in ("train", "val", "test")} == {"train": 96, "val": 12, "test": 12}
+
+
+@pytest.mark.parametrize("template", ["smollm2", "plain"])
+def test_a_pair_is_encoded_as_chat_mode_encodes_each_conversation(smollm2_tokenizer: Any,
+                                                                   template: str) -> None:
+    """prompt_ids are the tokens chat mode leaves out of the loss before the final reply, and
+    what evaluate and generate ask the model with; chosen_ids and rejected_ids the tokens it
+    trains on (the reply and its end-of-turn marker). A pair whose conversation is over the
+    block is left out."""
+    import copy
+
+    from finetune.config.tokenize import TokenizeParams
+    from finetune.text.prompts import IGNORE, Renderer, encode_chat, encode_pair
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    if template == "plain":
+        tokenizer.chat_template = None  # PLAIN_CHAT_TEMPLATE, each reply ending with EOS
+    renderer = Renderer(tokenizer, TokenizeParams())
+    record = pair({"input": {"messages": conv(("user", "Hi"), ("assistant", "Hello! How can I help?"),
+                                              ("user", Q))},
+                   "preferred_output": conv(("assistant", GOOD)),
+                   "non_preferred_output": conv(("assistant", BAD))})
+    encoded = encode_pair(record, renderer, block_size=512)
+    asked = tokenizer(renderer.prompt(record["prompt"]), add_special_tokens=False)["input_ids"]
+    assert encoded.prompt_ids == asked
+    end = "<|im_end|>" if template == "smollm2" else tokenizer.eos_token
+    for reply, ids in ((GOOD, encoded.chosen_ids), (BAD, encoded.rejected_ids)):
+        assert tokenizer.decode(ids).strip() == f"{reply}{end}"
+    whole = encode_chat({"messages": [*record["prompt"], record["chosen"]]}, renderer, 512,
+                        overlong="drop", train_on="last")[0]
+    assert whole.input_ids[:len(asked) + len(encoded.chosen_ids)] == asked + encoded.chosen_ids
+    assert [t for t, label in zip(whole.input_ids, whole.labels, strict=True)
+            if label != IGNORE] == encoded.chosen_ids
+    assert encode_pair(record, renderer, block_size=len(asked) + 3) is None
+
+
+def test_the_stage_gathers_files_and_ratings_and_splits_them_by_prompt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """preference_data: every pair of the files preference.paths names (a bad line fails naming
+    file and line, or is skipped and counted), with preference.ratings those of the ratings,
+    split by prompt; no pairs by default."""
+    from finetune.errors import UserError
+    from finetune.paths import PATHS
+    from stages import preference_data
+    from tests.helpers import run_stage, tiny_params
+
+    monkeypatch.chdir(tmp_path)
+    paths = PATHS.under(tmp_path)
+    (tmp_path / "prefs").mkdir()
+    lines = [json.dumps({"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.", "rejected": "No."})
+             for i in range(30)]
+    (tmp_path / "prefs" / "a.jsonl").write_text("\n".join([*lines[:20], "{broken"]) + "\n")
+    (tmp_path / "prefs" / "b.json").write_text(json.dumps([json.loads(x) for x in lines[20:]]))
+    paths.metrics.mkdir()
+    paths.human_eval.write_text(json.dumps(summarise(SAMPLES, RATINGS)))
+    params = tiny_params(preference={"paths": ["prefs"], "ratings": True})
+    with pytest.raises(UserError, match=r"prefs/a.jsonl:line 21: invalid JSON.*preference.on_error: skip"):
+        run_stage(preference_data, params, paths)
+    params = tiny_params(preference={"paths": ["prefs"], "ratings": True, "on_error": "skip"})
+    summary = run_stage(preference_data, params, paths)
+    assert summary["pairs"] == 32 and summary["from_ratings"] == 2 and summary["skipped"] == 1
+    assert summary["skipped_by_reason"] == {"invalid_json": 1}
+    assert summary["files"] == {"prefs/a.jsonl": 20, "prefs/b.json": 10}
+    split = {name: [json.loads(x) for x in paths.pairs_file(name).read_text().splitlines()]
+             for name in ("train", "val", "test")}
+    assert [len(split[n]) for n in ("train", "val", "test")] == [summary[n] for n in ("train", "val", "test")]
+    assert min(summary["val"], summary["test"]) >= 2
+    prompts = [{p["prompt"][0]["content"] for p in split[n]} for n in split]
+    assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    written = [paths.pairs_file(n).read_bytes() for n in split]
+    run_stage(preference_data, params, paths)
+    assert [paths.pairs_file(n).read_bytes() for n in split] == written  # the same bytes again
+    nothing = run_stage(preference_data, tiny_params(), paths)  # the default: no pairs
+    assert nothing["pairs"] == 0 and paths.pairs_file("train").read_text() == ""

@@ -21,7 +21,7 @@ from finetune.errors import UserError
 
 # every top-level key of params.yaml (finetune.config.schema.Params has the same; a test checks)
 KEYS = ("seed", "mode", "num_proc", "model", "ingest", "clean", "split", "tokenize", "train",
-        "evaluate", "export", "report", "tune")
+        "preference", "evaluate", "export", "report", "tune")
 
 
 def read(path: str | Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from finetune.config.export import ExportParams
 from finetune.config.ingest import IngestParams
 from finetune.config.loading import read
 from finetune.config.model import ModelParams
+from finetune.config.preference import PreferenceParams
 from finetune.config.report import ReportParams
 from finetune.config.section import Section, describe
 from finetune.config.split import SplitParams
@@ -34,6 +35,7 @@ class Params(Section):
     split: SplitParams = SplitParams()
     tokenize: TokenizeParams = TokenizeParams()
     train: TrainParams = TrainParams()
+    preference: PreferenceParams = PreferenceParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     report: ReportParams = ReportParams()

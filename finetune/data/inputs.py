@@ -45,15 +45,15 @@ class Problems:
     """Where bad files and records go: with `ingest.on_error: fail` the first one ends the stage
     with one line naming the file and position, with `skip` each is counted by reason."""
 
-    def __init__(self, on_error: str) -> None:
-        self.fail = on_error == "fail"
+    def __init__(self, on_error: str, key: str = "ingest.on_error") -> None:
+        self.fail, self.key = on_error == "fail", key
         self.skipped: Counter[str] = Counter()
         self.files: list[dict[str, str]] = []  # each whole file or entry skipped, and why
 
     def __call__(self, source: str, err: BadInput) -> None:
         if self.fail:
             where = f":{err.where}" if err.where else ""
-            raise UserError(f"{source}{where}: {err} (set ingest.on_error: skip to skip it)")
+            raise UserError(f"{source}{where}: {err} (set {self.key}: skip to skip it)")
         self.skipped[err.reason] += 1
         if not err.where:  # a file or an ingest.paths entry, not one record of a file
             self.files.append({"file": source.removeprefix("ingest.paths: "), "reason": str(err)})
@@ -210,3 +210,24 @@ def manifest(entries: list[str], files: list[Path], ignored: list[dict[str, str]
     it leaves out. It changes exactly when what the stage reads (or reports) does."""
     return {"entries": entries, "files": {f.as_posix(): md5(f) for f in files},
             "ignored": ignored or []}
+
+
+PAIR_SUFFIXES = (".json", ".jsonl")
+
+
+def preference_files(entries: list[str]) -> list[Path]:
+    """The .json and .jsonl files `preference.paths` names (files, or folders read recursively),
+    in path order, each once."""
+    files: dict[Path, None] = {}
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in PAIR_SUFFIXES)
+            if not found:
+                raise UserError(f"preference.paths: {entry}: no .json or .jsonl file in this folder")
+            files.update(dict.fromkeys(found))
+        elif path.is_file():
+            files[path] = None
+        else:
+            raise UserError(f"preference.paths: {entry}: no such file or folder")
+    return list(files)

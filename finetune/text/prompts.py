@@ -241,6 +241,39 @@ def encode_chat(conv: dict[str, Any], renderer: Renderer, block_size: int, overl
     return Encoded(list(ids), labels), fate
 
 
+@dataclass(frozen=True)
+class EncodedPair:
+    """A preference pair as preference tuning reads it (TRL's prompt_ids, chosen_ids,
+    rejected_ids): the prompt's tokens, up to and including the generation prompt, and each
+    reply's tokens, its end-of-turn marker included."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+def encode_pair(pair: dict[str, Any], renderer: Renderer, block_size: int) -> EncodedPair | None:
+    """A pair of finetune.data.preferences encoded as chat mode encodes the conversation that ends
+    with each reply (encode_chat, with the loss on that final turn alone): the tokens it masks
+    are the reply, those before it the prompt. None when a conversation is over block_size
+    tokens; a RenderError when the template renders the prompt differently before the two
+    replies (it could not be scored as one prompt)."""
+    prompt = [dict(m, weight=0) if m["role"] == "assistant" else m for m in pair["prompt"]]
+    parts = []
+    for key in ("chosen", "rejected"):
+        conv = {"messages": [*prompt, pair[key]], **({"tools": pair["tools"]} if pair.get("tools") else {})}
+        encoded, fate = encode_chat(conv, renderer, block_size, overlong="drop", train_on="last")
+        if encoded is None:
+            return None
+        trained = [i for i, label in enumerate(encoded.labels) if label != IGNORE]
+        parts.append((encoded.input_ids[: trained[0]], encoded.input_ids[trained[0]: trained[-1] + 1]))
+    (prompt_ids, chosen_ids), (other_prompt, rejected_ids) = parts
+    if prompt_ids != other_prompt:
+        raise RenderError("inconsistent_template", "the chat template renders the prompt "
+                          "differently before the chosen and the rejected reply")
+    return EncodedPair(prompt_ids, chosen_ids, rejected_ids)
+
+
 def reply_prompt(conv: dict[str, Any], renderer: Renderer) -> tuple[str, str]:
     """The history before the last trained assistant turn, rendered to ask for that turn, and
     the turn's text: what evaluate scores greedy replies against. A RenderError where there is
