@@ -1,5 +1,5 @@
 """Training on short examples (pairs and chat), side by side in one run:
-`uv run --group bench python -m bench.sft [--steps N] [--quick]`.
+`uv run python -m bench.sft [--steps N] [--quick]`.
 
 For the pairs example and the chat example it trains the same model, on the same train split,
 for the same steps and hyperparameters (CPU fp32 everywhere: TRL's SFTConfig defaults to bf16,

@@ -24,9 +24,11 @@ class Paths:
     preferences: Path = Path("data/preferences")  # preference pairs, split (preference_data)
     base_model: Path = Path("models/base")
     finetuned: Path = Path("models/finetuned")
+    preferred: Path = Path("models/preferred")  # after preference tuning (stages/preference.py)
     export: Path = Path("models/export")
     metrics: Path = Path("metrics")
     train_log: Path = Path("dvclive/train")
+    preference_log: Path = Path("dvclive/preference")
     checkpoints: Path = Path("models/checkpoints")  # not a DVC output: see dvc.yaml, train
     reports: Path = Path("reports")
 

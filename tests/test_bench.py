@@ -124,7 +124,7 @@ def test_sft(tiny_base: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None,
-                    reason="trl is not installed (uv sync --group bench)")
+                    reason="trl is not installed (uv sync)")
 def test_sft_trl(tiny_base: Path, tmp_path: Path) -> None:
     results = sft_figures(tiny_base, tmp_path, ["packed", "trl_bfd", "trl_wrapped"])
     for r in results.values():

@@ -19,7 +19,8 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
               "-S", "ingest.paths=[data/examples/chat]", "-S", "ingest.group_field=category",
               "-S", "tokenize.block_size=512",
               "-S", 'evaluate.prompts=["Can I pay in instalments?"]')
-    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate_base", "evaluate", "export", "report"}
+    assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate_base", "evaluate", "export", "report",
+                                       "preference_data", "preference"}
     metrics = project / "metrics"
     ingested = json.loads((metrics / "ingest.json").read_text())
     assert ingested["records"] == 156 and ingested["skipped"] == 0

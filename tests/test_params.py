@@ -215,3 +215,15 @@ def test_a_stage_validates_only_its_own_sections(tmp_path: Path) -> None:
         validate({"trian": {}}, {"mode": str})
     assert validate({"ingest": {"on_error": "skip", "paths": 5}},
                     {"on_error": Key(IngestParams, "on_error")}) == {"on_error": "skip"}
+
+
+def test_several_keys_of_one_section_are_each_read() -> None:
+    """A stage may read a few keys of a section (preference_data: three of preference), each
+    validated; the section's other keys are not its business."""
+    from finetune.config.preference import PreferenceParams
+
+    schema = {"paths": Key(PreferenceParams, "paths"), "ratings": Key(PreferenceParams, "ratings")}
+    raw = {"preference": {"paths": ["data/prefs"], "ratings": True, "beta": "not read here"}}
+    assert validate(raw, schema) == {"paths": ["data/prefs"], "ratings": True}
+    with pytest.raises(UserError, match="preference.ratings"):
+        validate({"preference": {"ratings": "often"}}, schema)

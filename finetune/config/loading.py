@@ -67,12 +67,11 @@ def section_name(section: type[BaseModel]) -> str:
     return section.__name__.removesuffix("Params").lower()
 
 
-def _one_key(key: Key) -> type[BaseModel]:
-    """A model of the section with that key alone; the section's other keys are the business of
-    the stages that read them."""
-    field = key.section.model_fields[key.name]
-    return create_model(key.section.__name__, __config__=ConfigDict(extra="ignore", frozen=True),
-                        **{key.name: (field.annotation, field)})
+def _some_keys(section: type[BaseModel], names: list[str]) -> type[BaseModel]:
+    """A model of the section with those keys alone; the section's other keys are the business
+    of the stages that read them."""
+    fields = {name: (section.model_fields[name].annotation, section.model_fields[name]) for name in names}
+    return create_model(section.__name__, __config__=ConfigDict(extra="ignore", frozen=True), **fields)
 
 
 def validate(raw: dict[str, Any], schema: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
@@ -80,10 +79,16 @@ def validate(raw: dict[str, Any], schema: dict[str, Any], source: str = "params.
     name; a key params.yaml leaves out takes its schema default."""
     check_keys(raw, source)
     fields: dict[str, Any] = {}
+    keys: dict[type[BaseModel], list[str]] = {}  # the keys read of each section read in part
+    for kind in schema.values():
+        if isinstance(kind, Key):
+            keys.setdefault(kind.section, []).append(kind.name)
+    for section, names in keys.items():
+        fields[section_name(section)] = (_some_keys(section, names), {})
     for key, kind in schema.items():
         if isinstance(kind, Key):
-            fields[section_name(kind.section)] = (_one_key(kind), {})
-        elif key in KEYS:
+            continue
+        if key in KEYS:
             fields[key] = (kind, DEFAULTS[key] if key in DEFAULTS else kind())
         else:
             raise ValueError(f"{key!r} is not a params.yaml key")  # a programming error

@@ -361,6 +361,15 @@ class Inference:
     def params(self) -> TokenizeParams:
         return TokenizeParams.model_validate(self.tokenize)
 
+    def renderer(self, tokenizer: Any) -> Renderer:
+        """Conversations rendered as the model is asked (pairs and chat mode): with this chat
+        template, which holds the system prompt and date of chat_preamble."""
+        if self.mode == "text":
+            raise UserError("mode: text: the model is not asked in turns; preference tuning "
+                            "needs mode pairs or chat")
+        return Renderer(tokenizer, self.params.model_copy(
+            update={"chat_template": self.chat_template, "system_prompt": None}))
+
     def samples(self, prompts: list[str], tokenizer: Any) -> list[str]:
         """Prompts as the model is asked them: pairs rendered with the template, chat as a user
         message with the chat template, text as they are."""
