@@ -38,14 +38,16 @@ from tests.helpers import (
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first, module by module (a module's tests stay together, so its fixtures are set
-    up once): the modules that use the shared `pipeline`, then those with slow tests, then the
-    rest. pytest-xdist's worksteal gives each worker a run of this order and lets an idle one
-    take from the end of another's, so the last tests of the run are short ones, not a
-    20-second test that one worker runs while the other waits."""
+    up once): the modules that use the shared `pipeline` or run a whole project of their own
+    (marked scenario), then those with slow tests, then the rest. pytest-xdist's worksteal gives
+    each worker a run of this order and lets an idle one take from the end of another's, so the
+    last tests of the run are short ones, not a 20-second test that one worker runs while the
+    other waits."""
     rank: dict[Any, int] = {}
     for item in items:
         module = item.module
-        here = 0 if "pipeline" in getattr(item, "fixturenames", ()) else (
+        here = 0 if ("pipeline" in getattr(item, "fixturenames", ())
+                     or item.get_closest_marker("scenario")) else (
             1 if item.get_closest_marker("slow") else 2)
         rank[module] = min(rank.get(module, 2), here)
     items.sort(key=lambda item: rank[item.module])

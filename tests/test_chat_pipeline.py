@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import DATA_STAGES, sh, stages_run, tiny_project
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scenario]
 
 
 def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_the_chat_guide_as_an_experiment(tmp_path: Path) -> None:
               "-S", "tokenize.block_size=512",
               "-S", 'evaluate.prompts=["Can I pay in instalments?"]')
     assert stages_run(done.stdout) == {*DATA_STAGES, "train", "evaluate_base", "evaluate", "export", "report",
-                                       "preference_data", "preference"}
+                                       "preference_data", "preference", "evaluate_preference"}
     metrics = project / "metrics"
     ingested = json.loads((metrics / "ingest.json").read_text())
     assert ingested["records"] == 156 and ingested["skipped"] == 0

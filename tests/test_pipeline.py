@@ -50,7 +50,7 @@ def test_dvc_repro_end_to_end(pipeline: Path, tmp_path: Path) -> None:
     for path in project.rglob("*"):  # metrics, logs, reports, models, DVC's cache and state
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
     assert stages_run(first) == {*DATA_STAGES, "train", "evaluate_base", "evaluate", "export", "report",
-                                 "preference_data", "preference"}
+                                 "preference_data", "preference", "evaluate_preference"}
     ev = json.loads((project / "metrics" / "eval_details.json").read_text())
     assert ev["finetuned"]["perplexity"] < ev["base"]["perplexity"]
     assert ev["perplexity_improvement"] > 0 and ev["test_tokens"] > 1000
@@ -76,7 +76,8 @@ def test_dvc_repro_end_to_end(pipeline: Path, tmp_path: Path) -> None:
     assert stages_run(sh(project, "dvc", "repro").stdout) == ALWAYS
 
     metrics = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)[""]["data"]
-    headline = {"metrics/train.json", "metrics/eval.json", "metrics/preference.json"}
+    headline = {"metrics/train.json", "metrics/eval.json", "metrics/preference.json",
+                "metrics/preference_eval.json"}
     assert set(metrics) == headline, "the headline files only"
     shown = json.dumps(metrics)
     assert '"improvement"' in shown and '"tokens_per_second"' in shown and '"steps"' not in shown
@@ -90,7 +91,7 @@ def test_a_params_combination_that_already_ran_comes_from_the_run_cache(project:
     # what a `dvc repro` would run next; preference tunes the trained model)
     set_learning_rate(project, 2.5e-3)
     assert stages_run(sh(project, "dvc", "repro", "train").stdout) == {*ALWAYS, "train"}
-    assert stale(project) == {*ALWAYS, "evaluate", "export", "report", "preference"}
+    assert stale(project) == {*ALWAYS, "evaluate", "export", "report", "preference", "evaluate_preference"}
     set_learning_rate(project, before)  # back to a combination that ran: nothing trains
     restored = sh(project, "dvc", "repro").stdout
     assert "Stage 'train' is cached - skipping run, checking out outputs" in restored

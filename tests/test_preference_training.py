@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from finetune.config.schema import Params
 from finetune.paths import Paths
-from stages import preference, preference_data
+from stages import evaluate_preference, preference, preference_data
 from tests.helpers import run_stage
 
 pytestmark = pytest.mark.slow  # TRL and two short trainings
@@ -49,6 +49,17 @@ def test_dpo_on_pairs_prefers_the_chosen_replies(trained_chat: tuple[Params, Pat
     logged = paths.preference_log / "plots" / "metrics" / "eval" / "reward_accuracy.tsv"
     assert len(logged.read_text().splitlines()) >= 3  # a header and a row per evaluation
 
+    # the held-out pairs: the tuned model prefers the chosen replies, measured against the
+    # supervised model (the reference, which has no reward of its own), and more often than it
+    scores = run_stage(evaluate_preference, params, paths)
+    assert scores["scored"] and scores["pairs"] == summary["val_pairs"] == 4
+    tuned, supervised, base = scores["preferred"], scores["finetuned"], scores["base"]
+    assert tuned["reward_accuracy"] == 1.0 and tuned["reward_margin"] > 0
+    assert supervised["reward_accuracy"] is None and base["reward_accuracy"] is not None
+    assert tuned["likelihood_accuracy"] >= supervised["likelihood_accuracy"]
+    assert all(0 < m["chosen_perplexity"] < float("inf") for m in (tuned, supervised, base))
+    assert [set(s) for s in scores["samples"]] == [{"prompt", "base", "finetuned", "preferred"}] * 4
+
 
 def test_lora_from_the_base_model_with_the_supervised_reference(trained_chat: tuple[Params, Paths],
                                                                tmp_path: Path) -> None:
@@ -72,3 +83,4 @@ def test_no_pairs_no_training(trained: tuple[Params, Paths], tmp_path: Path) -> 
     assert summary == {"trained": False, "why": "no preference pairs to train on (preference.paths, "
                                                 "preference.ratings)"}
     assert [p.name for p in ours.preferred.iterdir()] == ["not_trained.json"]
+    assert not run_stage(evaluate_preference, params, ours)["scored"]

@@ -27,7 +27,8 @@ from finetune.text.prompts import RenderError, encode_pair, read_inference
 
 # TRL still uses transformers' old names for activation checkpointing (DPOConfig's argument, the
 # model's enable/disable): a notice on every run that no user can act on
-warnings.filterwarnings("ignore", message="`gradient_checkpointing\\w*` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message="`gradient_checkpointing\\w*` is deprecated",
+                        category=FutureWarning)
 
 # what DVCLive gets of TRL's logs: {TRL's name: DVCLive's}
 LOGGED = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/learning_rate",
