@@ -227,3 +227,5 @@ def test_several_keys_of_one_section_are_each_read() -> None:
     assert validate(raw, schema) == {"paths": ["data/prefs"], "ratings": True}
     with pytest.raises(UserError, match="preference.ratings"):
         validate({"preference": {"ratings": "often"}}, schema)
+    # a params.yaml from before the section existed: its defaults
+    assert validate({}, schema) == {"paths": [], "ratings": False}

@@ -84,7 +84,8 @@ def validate(raw: dict[str, Any], schema: dict[str, Any], source: str = "params.
         if isinstance(kind, Key):
             keys.setdefault(kind.section, []).append(kind.name)
     for section, names in keys.items():
-        fields[section_name(section)] = (_some_keys(section, names), {})
+        part = _some_keys(section, names)
+        fields[section_name(section)] = (part, part())  # a section params.yaml leaves out: defaults
     for key, kind in schema.items():
         if isinstance(kind, Key):
             continue
