@@ -123,6 +123,7 @@ def test_sft(tiny_base: Path, tmp_path: Path) -> None:
         assert "packed_vs_trl" not in r
 
 
+@pytest.mark.slow  # TRL's SFTTrainer twice beside ours
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None,
                     reason="trl is not installed (uv sync)")
 def test_sft_trl(tiny_base: Path, tmp_path: Path) -> None:
